@@ -1,0 +1,135 @@
+"""Validated settings: defaults < YAML config file < environment (``FACELAKE_*``, nested with ``__``).
+
+The config file is ``$FACELAKE_CONFIG`` if set, else ``facelake.yaml`` in the working directory if present.
+Example: ``FACELAKE_ROOT=s3://bucket/lake FACELAKE_S3__ENDPOINT_URL=http://127.0.0.1:9000``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from facelake.storage import S3Options, Storage
+
+LAION_PARTS = [f"{i:05d}" for i in range(32)]
+LAION_20M_PARTS = [f"{i:05d}" for i in (0, 2, 5, 8, 13, 15, 17, 18, 21, 22, 24, 25, 28)]
+META_PART_TEMPLATE = "part-{part:05d}-5b54c5d5-bbcf-484d-a2ce-0d6f73df1a36-c000.snappy.parquet"
+
+
+class S3Settings(BaseModel):
+    """S3 endpoint and credentials; empty values fall back to the AWS environment."""
+
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: str | None = None
+    region: str | None = None
+
+    def options(self) -> S3Options:
+        return S3Options(self.endpoint_url, self.key, self.secret, self.region)
+
+
+class LaionSources(BaseModel):
+    """Where the released LAION-Face inputs are. ``{sources}`` expands to the sources root."""
+
+    meta_uri_template: str = "{sources}/laion400m-meta/" + META_PART_TEMPLATE
+    face_ids_uri: str = "{sources}/laion_face_ids.pth"
+    sample2detect_uri_template: str = "{sources}/detection_metadata/sample2detect_{part}.pth"
+    optout_uris: list[str] = Field(
+        default_factory=list, description="CSV or parquet blocklists with a SAMPLE_ID and/or URL column"
+    )
+
+
+class DownloadSettings(BaseModel):
+    """img2dataset options (the authors ran 16 processes x 128 threads)."""
+
+    processes: int = Field(16, ge=1)
+    threads: int = Field(128, ge=1)
+    timeout: int = Field(10, ge=1)
+    retries: int = Field(0, ge=0)
+    number_sample_per_shard: int = Field(10_000, ge=1)
+    user_agent_token: str | None = "facelake"
+    disallowed_header_directives: list[str] = Field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )
+    min_success_rate: float = Field(0.5, ge=0.0, le=1.0, description="asset check threshold")
+    lease_ttl_s: float = Field(900.0, gt=0)
+
+
+class ScheduleSettings(BaseModel):
+    """The part-download schedule: which parts, how often, how many in flight."""
+
+    subset: Literal["20m", "50m"] = "20m"
+    cron: str = "*/15 * * * *"
+    max_in_flight: int = Field(2, ge=1)
+
+
+class FacelakeSettings(BaseSettings):
+    """All settings of one facelake deployment."""
+
+    model_config = SettingsConfigDict(env_prefix="FACELAKE_", env_nested_delimiter="__", extra="forbid")
+
+    root: str = Field("./.facelake/lake", description="storage root: a local path or s3://bucket/prefix")
+    sources: str = Field("./.facelake/sources", description="root of the released source files")
+    s3: S3Settings = Field(default_factory=S3Settings)
+    laion: LaionSources = Field(default_factory=LaionSources)
+    download: DownloadSettings = Field(default_factory=DownloadSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+
+    @field_validator("root", "sources")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value.strip()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file_path()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    def storage(self) -> Storage:
+        return Storage(self.root, self.s3.options())
+
+    def source_uri(self, template: str, **fields: Any) -> str:
+        """Expand a source template; relative local paths become absolute."""
+        uri = template.format(sources=self.sources.rstrip("/"), **fields)
+        return uri if "://" in uri else os.path.abspath(uri)
+
+    def schedule_parts(self) -> list[str]:
+        return LAION_20M_PARTS if self.schedule.subset == "20m" else LAION_PARTS
+
+
+def config_file_path() -> Path | None:
+    """The YAML config file in force, if any; a named file that does not exist is an error."""
+    named = os.environ.get("FACELAKE_CONFIG")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: FACELAKE_CONFIG names a config file that does not exist")
+        return path
+    default = Path("facelake.yaml")
+    return default if default.is_file() else None
+
+
+def load_settings(**overrides: Any) -> FacelakeSettings:
+    """Settings from defaults, the config file, the environment and explicit overrides (highest)."""
+    return FacelakeSettings(**overrides)

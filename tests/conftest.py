@@ -1,0 +1,103 @@
+"""Shared fixtures: a real local S3 server (moto), Postgres/Redis on 127.0.0.1 (fail, not skip, in CI)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from facelake.storage import S3Options, Storage
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+def services_required() -> bool:
+    return os.environ.get("FACELAKE_REQUIRE_SERVICES") == "1"
+
+
+def need_service(name: str, problem: str) -> None:
+    """Skip locally, fail in CI (FACELAKE_REQUIRE_SERVICES=1), when a service is not reachable."""
+    message = f"{name} not reachable: {problem}"
+    if services_required():
+        pytest.fail(message + " (FACELAKE_REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 HTTP endpoint on 127.0.0.1 (moto's threaded server)."""
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+S3_KEY, S3_SECRET = "facelake-test", "facelake-test-secret"
+
+
+@pytest.fixture
+def s3_storage(s3_endpoint: str) -> Storage:
+    """A Storage rooted in a fresh bucket on the local S3 server."""
+    bucket = f"lake-{uuid.uuid4().hex[:10]}"
+    options = S3Options(endpoint_url=s3_endpoint, key=S3_KEY, secret=S3_SECRET)
+    storage = Storage(f"s3://{bucket}/root", options)
+    storage.fs.mkdir(bucket)
+    return storage
+
+
+@pytest.fixture
+def local_storage(tmp_path) -> Storage:
+    return Storage(str(tmp_path / "lake"))
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_storage(request, tmp_path) -> Storage:
+    """The same test on local disk and on the local S3 server."""
+    if request.param == "local":
+        return Storage(str(tmp_path / "lake"))
+    return request.getfixturevalue("s3_storage")
+
+
+def postgres_url() -> str:
+    return os.environ.get("FACELAKE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+@pytest.fixture
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the Postgres server on 127.0.0.1; yields its URL and drops it afterwards."""
+    try:
+        import psycopg2
+
+        admin = psycopg2.connect(postgres_url(), connect_timeout=5)
+    except Exception as exc:  # noqa: BLE001 - any connection problem means the service is unavailable
+        need_service("Postgres", str(exc))
+    admin.autocommit = True
+    name = f"facelake_test_{uuid.uuid4().hex[:10]}"
+    with admin.cursor() as cur:
+        cur.execute(f'CREATE DATABASE "{name}"')
+    base = postgres_url().rsplit("/", 1)[0]
+    try:
+        yield f"{base}/{name}"
+    finally:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.close()

@@ -1,0 +1,10 @@
+FROM python:3.11-slim
+WORKDIR /opt/facelake
+COPY pyproject.toml README.md ./
+COPY facelake facelake
+COPY assets assets
+COPY resources resources
+COPY dagster_project dagster_project
+COPY sql sql
+COPY workspace.yaml ./
+RUN pip install --no-cache-dir .

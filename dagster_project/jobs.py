@@ -1,0 +1,22 @@
+"""Jobs: the per-part LAION-Face pipeline (meta -> images, detections) and the global inputs."""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, define_asset_job
+
+from assets.laion import LAION_GLOBAL_ASSETS, LAION_PART_ASSETS
+from dagster_project.partitions import laion_parts
+
+laion_face_part_job = define_asset_job(
+    "laion_face_part_job",
+    selection=AssetSelection.assets(*LAION_PART_ASSETS),
+    partitions_def=laion_parts,
+    description="One LAION-Face part end to end: filtered metadata, img2dataset download, released detections. "
+    "Backfill the 20M subset with parts 0,2,5,8,13,15,17,18,21,22,24,25,28 (see laion_face_20m_schedule).",
+)
+
+laion_face_inputs_job = define_asset_job(
+    "laion_face_inputs_job",
+    selection=AssetSelection.assets(*LAION_GLOBAL_ASSETS),
+    description="The global inputs every part needs: the face id list and the opt-out blocklist.",
+)

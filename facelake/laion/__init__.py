@@ -1,0 +1,1 @@
+"""LAION-Face: filtering laion400m metadata to face ids, download, released and own detections."""

@@ -1,0 +1,48 @@
+"""Where each LAION-Face artifact lives under the storage root: ``{root}/laion_face/{artifact}/{part}/``."""
+
+from __future__ import annotations
+
+from facelake.commit import PartitionArtifact
+from facelake.errors import UnknownPartitionError
+from facelake.settings import LAION_PARTS
+from facelake.storage import Storage
+
+DATASET = "laion_face"
+
+
+def part_index(key: str) -> int:
+    """The integer part of a partition key ``00000``…``00031``; anything else is refused."""
+    if key not in LAION_PARTS:
+        raise UnknownPartitionError(key, "one of 00000…00031 (the laion400m metadata part numbers)")
+    return int(key)
+
+
+def face_ids(storage: Storage) -> PartitionArtifact:
+    return PartitionArtifact(storage, DATASET, "face_ids", "all")
+
+
+def optout(storage: Storage) -> PartitionArtifact:
+    return PartitionArtifact(storage, DATASET, "optout", "all")
+
+
+def meta(storage: Storage, part: str) -> PartitionArtifact:
+    part_index(part)
+    return PartitionArtifact(storage, DATASET, "meta", part)
+
+
+def images(storage: Storage, part: str) -> PartitionArtifact:
+    part_index(part)
+    return PartitionArtifact(storage, DATASET, "images", part)
+
+
+def detections(storage: Storage, part: str) -> PartitionArtifact:
+    part_index(part)
+    return PartitionArtifact(storage, DATASET, "detections", part)
+
+
+def committed_file(artifact: PartitionArtifact, suffix: str) -> str:
+    """The one committed file of an artifact ending in ``suffix`` (raises if not committed)."""
+    uris = artifact.file_uris(suffix=suffix)
+    if len(uris) != 1:
+        raise FileNotFoundError(f"{artifact.prefix}: expected one committed *{suffix} file, found {len(uris)}")
+    return uris[0]

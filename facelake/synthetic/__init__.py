@@ -1,0 +1,1 @@
+"""Fixture builders in the real formats, used by the tests and the offline demo."""

@@ -1,0 +1,7 @@
+"""One ConfigurableResource per external thing, each built from the validated settings."""
+
+from resources.downloader import Img2DatasetResource
+from resources.laion_sources import LaionSourcesResource
+from resources.storage import StorageResource
+
+__all__ = ["Img2DatasetResource", "LaionSourcesResource", "StorageResource"]

@@ -1,0 +1,40 @@
+# facelake: `make demo` runs the main job on the embedded default; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo dev test test-fast lint format bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+demo: install  ## build the offline LAION-Face world and materialize part 00000 end to end
+	$(BIN)/python -m dagster_project.demo
+
+dev: install  ## the Dagster UI on the demo instance
+	DAGSTER_HOME=$(CURDIR)/.facelake/demo/dagster_home FACELAKE_CONFIG=$(CURDIR)/.facelake/demo/facelake.yaml \
+		$(BIN)/dagster dev -w workspace.yaml
+
+test: install  ## the whole suite (Postgres on 127.0.0.1 needed; CI sets FACELAKE_REQUIRE_SERVICES=1)
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench: install
+	$(BIN)/python benchmarks/laion_meta_convert.py
+
+clean:
+	rm -rf .facelake .pytest_cache

@@ -5,7 +5,7 @@ metadata. Assets are built by :func:`laion_assets` so code versions can carry th
 change their output: editing such a setting shows the asset as stale in the UI.
 """
 
-from __future__ import annotations
+# No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
 
 import pyarrow.parquet as pq
 from dagster import (
@@ -24,13 +24,13 @@ from dagster import (
 
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
 from dagster_project.partitions import laion_parts
-from facelake.commit import Attempt, PartitionArtifact, Written, materialize_partition
+from facelake.commit import Attempt, Written, materialize_partition
 from facelake.laion import artifacts
 from facelake.laion.detections import convert_sample2detect
-from facelake.laion.ids import load_face_ids, read_part_ids, write_face_ids_parquet
+from facelake.laion.ids import convert_face_ids, read_part_ids
 from facelake.laion.meta import filter_meta_part
-from facelake.laion.optout import BLOCKLIST_SCHEMA, read_blocklists
-from facelake.laion.part_download import download_part, drop_blocked_rows
+from facelake.laion.optout import blocked_sample_ids, read_blocklists
+from facelake.laion.part_download import download_part, drop_rows_with_ids, read_parquet
 from facelake.settings import FacelakeSettings
 from resources import Img2DatasetResource, LaionSourcesResource, StorageResource
 
@@ -45,7 +45,9 @@ class ImagesConfig(CommitConfig):
     """Re-request only the SAMPLE_IDs whose final status is not success, into new shards."""
 
 
-def _observe_parts(sources: LaionSourcesResource, storage: StorageResource, uri_for) -> DataVersionsByPartition:
+def _observe_parts(
+    sources: LaionSourcesResource, storage: StorageResource, uri_for
+) -> DataVersionsByPartition:
     fs_storage = storage.get()
     versions = {}
     for key in laion_parts.get_partition_keys():
@@ -69,7 +71,9 @@ def laion_assets(settings: FacelakeSettings) -> list:
         description="The 32 laion400m metadata parts (SAMPLE_ID, URL, TEXT, HEIGHT, WIDTH, LICENSE, NSFW, "
         "similarity), as released; observed by size and modification stamp.",
     )
-    def laion400m_meta(laion_sources: LaionSourcesResource, storage: StorageResource) -> DataVersionsByPartition:
+    def laion400m_meta(
+        laion_sources: LaionSourcesResource, storage: StorageResource
+    ) -> DataVersionsByPartition:
         return _observe_parts(laion_sources, storage, lambda s, i: s.meta_uri(i))
 
     @observable_source_asset(
@@ -96,18 +100,20 @@ def laion_assets(settings: FacelakeSettings) -> list:
         "torch.load(weights_only=True) only, converted once into parquet (part, SAMPLE_ID).",
     )
     def laion_face_ids(
-        context: AssetExecutionContext, config: CommitConfig, storage: StorageResource, laion_sources: LaionSourcesResource
+        context: AssetExecutionContext,
+        config: CommitConfig,
+        storage: StorageResource,
+        laion_sources: LaionSourcesResource,
     ) -> MaterializeResult:
         lake = storage.get()
         source = laion_sources.ids_uri()
         artifact = artifacts.face_ids(lake)
 
         def write(attempt: Attempt) -> Written:
-            splits = load_face_ids(source, lake)
             out = attempt.uri("face_ids.parquet")
-            write_face_ids_parquet(splits, out, lake)
-            total = sum(len(s) for s in splits)
-            return Written([attempt.entry(out, rows=total)], rows=total, extra={"per_part": [len(s) for s in splits]})
+            stats = convert_face_ids(source, out, lake)
+            extra = {"per_part": [int(n) for n in stats["rows_per_part"]]}
+            return Written([attempt.entry(out, rows=stats["rows"])], rows=stats["rows"], extra=extra)
 
         outcome = materialize_partition(
             artifact, {**ids_config, "source": source}, ids_version, owner(context), write, force=config.force
@@ -128,7 +134,10 @@ def laion_assets(settings: FacelakeSettings) -> list:
         "again by every later asset. Empty when no blocklist is configured.",
     )
     def laion_face_optout(
-        context: AssetExecutionContext, config: CommitConfig, storage: StorageResource, laion_sources: LaionSourcesResource
+        context: AssetExecutionContext,
+        config: CommitConfig,
+        storage: StorageResource,
+        laion_sources: LaionSourcesResource,
     ) -> MaterializeResult:
         lake = storage.get()
         sources = laion_sources.blocklist_uris()
@@ -161,7 +170,10 @@ def laion_assets(settings: FacelakeSettings) -> list:
         "order, with the source part's Arrow types (nulls kept) and no index column.",
     )
     def laion_face_meta(
-        context: AssetExecutionContext, config: CommitConfig, storage: StorageResource, laion_sources: LaionSourcesResource
+        context: AssetExecutionContext,
+        config: CommitConfig,
+        storage: StorageResource,
+        laion_sources: LaionSourcesResource,
     ) -> MaterializeResult:
         lake = storage.get()
         part = context.partition_key
@@ -178,10 +190,15 @@ def laion_assets(settings: FacelakeSettings) -> list:
             return Written([attempt.entry(out, rows=stats["rows_out"])], rows=stats["rows_out"], extra=stats)
 
         run_config = {**meta_config, "source": source, "face_ids": ids_manifest.content_hash}
-        outcome = materialize_partition(artifact, run_config, meta_version, owner(context), write, force=config.force)
+        outcome = materialize_partition(
+            artifact, run_config, meta_version, owner(context), write, force=config.force
+        )
         stats = outcome.manifest.extra
         return materialize_result(
-            context, artifact, outcome, {"source": source, "rows_in": stats.get("rows_in", 0), "rows_out": stats.get("rows_out", 0)}
+            context,
+            artifact,
+            outcome,
+            {"source": source, "rows_in": stats.get("rows_in", 0), "rows_out": stats.get("rows_out", 0)},
         )
 
     images_config = download.output_config()
@@ -214,8 +231,7 @@ def laion_assets(settings: FacelakeSettings) -> list:
         artifact = artifacts.images(lake, part)
 
         def write(attempt: Attempt) -> Written:
-            with lake.open(artifacts.committed_file(blocklist_artifact, ".parquet"), "rb") as handle:
-                blocklist = pq.read_table(handle, schema=BLOCKLIST_SCHEMA)
+            blocklist = read_parquet(lake, artifacts.committed_file(blocklist_artifact, ".parquet"))
             result = download_part(
                 lake,
                 attempt,
@@ -253,12 +269,14 @@ def laion_assets(settings: FacelakeSettings) -> list:
             metadata={"success_rate": rate, "threshold": img2dataset.min_success_rate},
         )
         metadata = {
-            "counts_by_status": summary.get("counts_by_status", {}),
+            "counts_by_status": summary.get("by_status", {}),
             "success_rate": rate,
-            "images_per_second": summary.get("images_per_second", 0.0),
-            "downloaded_bytes": summary.get("bytes", 0),
+            "images_per_second": round(float(summary.get("images_per_s", 0.0)), 2),
+            "downloaded_bytes": summary.get("tar_bytes", 0),
             "shards": summary.get("shards", 0),
             "retried_samples": summary.get("retried_samples", 0),
+            "robots_disallowed": summary.get("robots_disallowed", 0),
+            "top_errors": summary.get("top_errors", {}),
         }
         return materialize_result(context, artifact, outcome, metadata, check_results=[check])
 
@@ -270,7 +288,7 @@ def laion_assets(settings: FacelakeSettings) -> list:
         group_name=GROUP,
         partitions_def=laion_parts,
         code_version=detections_version,
-        deps=[laion_sample2detect, laion_face_optout],
+        deps=[laion_sample2detect, laion_face_optout, laion_face_meta],
         kinds={"parquet"},
         op_tags=GPU_FREE_TAGS,
         description="The released sample2detect_{i}.pth as a parquet table, one row per face (sample_id, "
@@ -278,7 +296,10 @@ def laion_assets(settings: FacelakeSettings) -> list:
         "Blocked samples are dropped.",
     )
     def laion_face_detections(
-        context: AssetExecutionContext, config: CommitConfig, storage: StorageResource, laion_sources: LaionSourcesResource
+        context: AssetExecutionContext,
+        config: CommitConfig,
+        storage: StorageResource,
+        laion_sources: LaionSourcesResource,
     ) -> MaterializeResult:
         lake = storage.get()
         part = context.partition_key
@@ -286,18 +307,27 @@ def laion_assets(settings: FacelakeSettings) -> list:
         source = laion_sources.sample2detect_uri(index)
         blocklist_artifact = artifacts.optout(lake)
         blocklist_manifest = blocklist_artifact.require_manifest()
+        meta_artifact = artifacts.meta(lake, part)
+        meta_manifest = meta_artifact.require_manifest()
         artifact = artifacts.detections(lake, part)
 
         def write(attempt: Attempt) -> Written:
             out = attempt.uri(f"detections_{index:05d}.parquet")
             stats = convert_sample2detect(source, out, lake, part=index)
-            with lake.open(artifacts.committed_file(blocklist_artifact, ".parquet"), "rb") as handle:
-                blocklist = pq.read_table(handle, schema=BLOCKLIST_SCHEMA)
-            stats["blocked_faces"] = drop_blocked_rows(lake, out, blocklist, id_column="sample_id")
+            blocked = blocked_sample_ids(
+                read_parquet(lake, artifacts.committed_file(meta_artifact, ".parquet"), ["SAMPLE_ID", "URL"]),
+                read_parquet(lake, artifacts.committed_file(blocklist_artifact, ".parquet")),
+            )
+            stats["blocked_faces"] = drop_rows_with_ids(lake, out, blocked, id_column="sample_id")
             rows = stats["faces"] - stats["blocked_faces"]
             return Written([attempt.entry(out, rows=rows)], rows=rows, extra=stats)
 
-        run_config = {**detections_config, "source": source, "optout": blocklist_manifest.content_hash}
+        run_config = {
+            **detections_config,
+            "source": source,
+            "optout": blocklist_manifest.content_hash,
+            "meta": meta_manifest.content_hash,
+        }
         outcome = materialize_partition(
             artifact, run_config, detections_version, owner(context), write, force=config.force
         )

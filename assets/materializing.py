@@ -56,7 +56,9 @@ def materialize_result(
         "seconds": round(outcome.seconds, 3),
     }
     if outcome.reused:
-        context.log.info(f"partition already committed with this config ({manifest.created_at}): nothing to do")
+        context.log.info(
+            f"partition already committed with this config ({manifest.created_at}): nothing to do"
+        )
     merged = {**base, **(metadata or {})}
     return MaterializeResult(
         metadata={k: _metadata_value(v) for k, v in merged.items()},

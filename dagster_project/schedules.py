@@ -4,8 +4,6 @@ A schedule's run_key only de-duplicates within one tick, and a part download spa
 instance is asked for queued/running runs of the job instead (DESIGN §8).
 """
 
-from __future__ import annotations
-
 from dagster import (
     DagsterRunStatus,
     DefaultScheduleStatus,
@@ -44,7 +42,8 @@ def committed_parts(storage: StorageResource, parts: list[str]) -> set[str]:
     return {
         p
         for p in parts
-        if artifacts.images(lake, p).manifest() is not None and artifacts.detections(lake, p).manifest() is not None
+        if artifacts.images(lake, p).manifest() is not None
+        and artifacts.detections(lake, p).manifest() is not None
     }
 
 

@@ -30,4 +30,6 @@ class StorageResource(ConfigurableResource):
 
     def get(self) -> Storage:
         """The engine's Storage for this root."""
-        return Storage(self.root, S3Options(self.s3_endpoint_url, self.s3_key, self.s3_secret, self.s3_region))
+        return Storage(
+            self.root, S3Options(self.s3_endpoint_url, self.s3_key, self.s3_secret, self.s3_region)
+        )

@@ -81,3 +81,9 @@ def split_blocked(table: pa.Table, blocklist: pa.Table) -> tuple[pa.Table, pa.Ta
     urls = table["URL"] if "URL" in table.column_names else None
     mask = blocked_mask(table["SAMPLE_ID"], urls, blocklist)
     return table.filter(pc.invert(mask)), table.filter(mask)
+
+
+def blocked_sample_ids(table: pa.Table, blocklist: pa.Table) -> pa.Array:
+    """SAMPLE_IDs of a metadata table's rows that the blocklist blocks (by id or by URL)."""
+    _, blocked = split_blocked(table, blocklist)
+    return blocked["SAMPLE_ID"].combine_chunks()

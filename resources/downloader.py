@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from dagster import ConfigurableResource
+from pydantic import Field
 
 from facelake.laion.download import DownloadOptions
 from facelake.settings import FacelakeSettings
@@ -19,7 +20,9 @@ class Img2DatasetResource(ConfigurableResource):
     retries: int = 0
     number_sample_per_shard: int = 10_000
     user_agent_token: str | None = "facelake"
-    disallowed_header_directives: list[str] = ["noai", "noimageai", "noindex", "noimageindex"]
+    disallowed_header_directives: list[str] = Field(
+        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
+    )
     min_success_rate: float = 0.5
     lease_ttl_s: float = 900.0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from dagster import ConfigurableResource
+from pydantic import Field
 
 from facelake.settings import FacelakeSettings
 
@@ -19,7 +20,7 @@ class LaionSourcesResource(ConfigurableResource):
     meta_uri_template: str
     face_ids_uri: str
     sample2detect_uri_template: str
-    optout_uris: list[str] = []
+    optout_uris: list[str] = Field(default_factory=list)
 
     @classmethod
     def from_settings(cls, settings: FacelakeSettings) -> LaionSourcesResource:

@@ -85,7 +85,7 @@ def postgres_database() -> Iterator[str]:
         import psycopg2
 
         admin = psycopg2.connect(postgres_url(), connect_timeout=5)
-    except Exception as exc:  # noqa: BLE001 - any connection problem means the service is unavailable
+    except Exception as exc:
         need_service("Postgres", str(exc))
     admin.autocommit = True
     name = f"facelake_test_{uuid.uuid4().hex[:10]}"
@@ -96,8 +96,6 @@ def postgres_database() -> Iterator[str]:
         yield f"{base}/{name}"
     finally:
         with admin.cursor() as cur:
-            cur.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-            )
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()

@@ -64,7 +64,9 @@ def test_crash_leaves_no_manifest_and_next_run_cleans_up(any_storage: Storage):
         materialize_partition(part, {"a": 1}, "v1", "r", crashing)
     assert part.manifest() is None
     assert any(u.endswith("half.txt") for u in any_storage.find(part.prefix))
-    outcome = materialize_partition(part, {"a": 1}, "v1", "r", lambda a: Written([write_text(a, "ok.txt", "ok")]))
+    outcome = materialize_partition(
+        part, {"a": 1}, "v1", "r", lambda a: Written([write_text(a, "ok.txt", "ok")])
+    )
     remaining = [any_storage.relative(u, part.prefix) for u in any_storage.find(part.prefix)]
     assert not any(r.endswith("half.txt") for r in remaining)
     assert sorted(remaining) == sorted([MANIFEST, outcome.manifest.files[0].path])
@@ -96,7 +98,7 @@ def test_second_writer_fails_clearly_while_first_holds_the_lease(any_storage: St
     def first():
         try:
             materialize_partition(part, {"a": 1}, "v1", "scheduled-run", slow, lease_ttl_s=60)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=first)

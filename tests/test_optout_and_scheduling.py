@@ -39,7 +39,10 @@ def test_bad_blocklists_name_the_file(local_storage, tmp_path):
 
 def test_plan_skips_committed_and_in_flight_and_respects_the_limit():
     parts = ["00000", "00002", "00005", "00008"]
-    assert plan_part_requests(parts, committed={"00000"}, in_flight=set(), max_in_flight=2) == ["00002", "00005"]
+    assert plan_part_requests(parts, committed={"00000"}, in_flight=set(), max_in_flight=2) == [
+        "00002",
+        "00005",
+    ]
     assert plan_part_requests(parts, committed=set(), in_flight={"00000"}, max_in_flight=2) == ["00002"]
     assert plan_part_requests(parts, committed=set(), in_flight={"00000", "00002"}, max_in_flight=2) == []
     assert plan_part_requests(parts, committed=set(parts), in_flight=set(), max_in_flight=4) == []

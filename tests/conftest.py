@@ -99,3 +99,31 @@ def postgres_database() -> Iterator[str]:
             cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
             cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
         admin.close()
+
+
+@pytest.fixture
+def laion_world(tmp_path, monkeypatch):
+    """The offline LAION-Face world served on 127.0.0.1, with FACELAKE_CONFIG pointing at its config."""
+    from facelake.synthetic.image_server import ImageServer
+    from facelake.synthetic.world import build_laion_world
+
+    monkeypatch.delenv("FACELAKE_ROOT", raising=False)
+    with ImageServer() as server:
+        world = build_laion_world(tmp_path / "world", server)
+        monkeypatch.setenv("FACELAKE_CONFIG", str(world.config_path))
+        yield world
+
+
+@pytest.fixture
+def s3_laion_world(laion_world, s3_storage):
+    """The same world with the lake on the local S3 server."""
+    from facelake.synthetic.world import WorldSpec, write_config
+
+    s3 = s3_storage.s3
+    write_config(
+        laion_world,
+        WorldSpec(),
+        root=s3_storage.root,
+        s3={"endpoint_url": s3.endpoint_url, "key": s3.key, "secret": s3.secret},
+    )
+    return laion_world

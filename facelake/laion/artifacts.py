@@ -44,5 +44,7 @@ def committed_file(artifact: PartitionArtifact, suffix: str) -> str:
     """The one committed file of an artifact ending in ``suffix`` (raises if not committed)."""
     uris = artifact.file_uris(suffix=suffix)
     if len(uris) != 1:
-        raise FileNotFoundError(f"{artifact.prefix}: expected one committed *{suffix} file, found {len(uris)}")
+        raise FileNotFoundError(
+            f"{artifact.prefix}: expected one committed *{suffix} file, found {len(uris)}"
+        )
     return uris[0]

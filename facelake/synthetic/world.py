@@ -53,6 +53,7 @@ class LaionWorld:
     face_ids: np.ndarray
     meta_ids: np.ndarray
     urls: dict[int, str] = field(default_factory=dict)
+    server: ImageServer | None = None
 
     def ids_of(self, *kinds: str) -> set[int]:
         return {sid for sid, kind in self.kinds.items() if kind in kinds}
@@ -116,7 +117,7 @@ def build_laion_world(base: str | Path, server: ImageServer, spec: WorldSpec | N
     photos = ["astronaut", "grace_hopper"]
     per_photo = {p: varied_crops(p, spec.face_rows // 2 + 1, seed=spec.seed) for p in photos}
     crops = {sid: per_photo[photos[i % 2]][i // 2] for i, sid in enumerate(sorted(kinds))}
-    world = LaionWorld(base, sources, base / "facelake.yaml", kinds, crops, face_ids, meta_ids)
+    world = LaionWorld(base, sources, base / "facelake.yaml", kinds, crops, face_ids, meta_ids, server=server)
     world.urls = {sid: server.url(_path_for(sid, kind)) for sid, kind in kinds.items()}
     register_routes(server, world, spec.slow_delay_s)
 
@@ -145,10 +146,13 @@ def build_laion_world(base: str | Path, server: ImageServer, spec: WorldSpec | N
     return world
 
 
-def write_config(world: LaionWorld, spec: WorldSpec, root: str | None = None, **download: object) -> None:
+def write_config(
+    world: LaionWorld, spec: WorldSpec, root: str | None = None, s3: dict | None = None, **download: object
+) -> None:
     """A ``facelake.yaml`` for the world: small shards, short timeouts, the world's blocklist."""
     config = {
         "root": root or str(world.base / "lake"),
+        "s3": s3 or {},
         "sources": str(world.sources),
         "laion": {"optout_uris": ["{sources}/optout.csv"]},
         "download": {

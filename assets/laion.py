@@ -48,15 +48,18 @@ class ImagesConfig(CommitConfig):
 def _observe_parts(
     sources: LaionSourcesResource, storage: StorageResource, uri_for
 ) -> DataVersionsByPartition:
-    fs_storage = storage.get()
+    lake = storage.get()
     versions = {}
     for key in laion_parts.get_partition_keys():
         uri = uri_for(sources, artifacts.part_index(key))
-        if fs_storage.exists(uri):
-            info = fs_storage.filesystem_for(uri).info(uri)
-            stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or ""
-            versions[key] = DataVersion(f"{info.get('size')}-{stamp}")
+        if lake.exists(uri):
+            versions[key] = DataVersion(lake.fingerprint(uri))
     return DataVersionsByPartition(versions)
+
+
+def _fingerprints(lake, uris: list[str]) -> dict[str, str]:
+    """Source files' fingerprints, part of a run's config: a replaced source file is a new config."""
+    return {uri: lake.fingerprint(uri) if lake.exists(uri) else "missing" for uri in uris}
 
 
 def laion_assets(settings: FacelakeSettings) -> list:
@@ -116,7 +119,12 @@ def laion_assets(settings: FacelakeSettings) -> list:
             return Written([attempt.entry(out, rows=stats["rows"])], rows=stats["rows"], extra=extra)
 
         outcome = materialize_partition(
-            artifact, {**ids_config, "source": source}, ids_version, owner(context), write, force=config.force
+            artifact,
+            {**ids_config, "source": _fingerprints(lake, [source])},
+            ids_version,
+            owner(context),
+            write,
+            force=config.force,
         )
         per_part = outcome.manifest.extra["per_part"]
         return materialize_result(context, artifact, outcome, {"source": source, "ids_per_part": per_part})
@@ -151,7 +159,12 @@ def laion_assets(settings: FacelakeSettings) -> list:
             return Written([attempt.entry(out, rows=table.num_rows)], rows=table.num_rows)
 
         outcome = materialize_partition(
-            artifact, {"optout_uris": sources}, optout_version, owner(context), write, force=config.force
+            artifact,
+            {"optout_uris": _fingerprints(lake, sources)},
+            optout_version,
+            owner(context),
+            write,
+            force=config.force,
         )
         return materialize_result(context, artifact, outcome, {"blocklists": sources})
 
@@ -189,7 +202,11 @@ def laion_assets(settings: FacelakeSettings) -> list:
             stats = filter_meta_part(source, ids, out, lake)
             return Written([attempt.entry(out, rows=stats["rows_out"])], rows=stats["rows_out"], extra=stats)
 
-        run_config = {**meta_config, "source": source, "face_ids": ids_manifest.content_hash}
+        run_config = {
+            **meta_config,
+            "source": _fingerprints(lake, [source]),
+            "face_ids": ids_manifest.content_hash,
+        }
         outcome = materialize_partition(
             artifact, run_config, meta_version, owner(context), write, force=config.force
         )
@@ -324,7 +341,7 @@ def laion_assets(settings: FacelakeSettings) -> list:
 
         run_config = {
             **detections_config,
-            "source": source,
+            "source": _fingerprints(lake, [source]),
             "optout": blocklist_manifest.content_hash,
             "meta": meta_manifest.content_hash,
         }

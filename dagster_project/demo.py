@@ -43,8 +43,8 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
         settings = load_settings()
         defs = build_definitions(settings)
         instance = DagsterInstance.get()
-        inputs = defs.get_job_def("laion_face_inputs_job").execute_in_process(instance=instance)
-        part_run = defs.get_job_def("laion_face_part_job").execute_in_process(
+        inputs = defs.resolve_job_def("laion_face_inputs_job").execute_in_process(instance=instance)
+        part_run = defs.resolve_job_def("laion_face_part_job").execute_in_process(
             partition_key=part, instance=instance
         )
     return {"world": world, "settings": settings, "home": home, "runs": [inputs.run_id, part_run.run_id]}

@@ -164,6 +164,12 @@ class Storage:
     def write_json(self, uri: str, value: Any) -> None:
         self.write_bytes(uri, json.dumps(value, indent=2, sort_keys=True, default=str).encode())
 
+    def fingerprint(self, uri: str) -> str:
+        """Size and modification stamp (ETag on S3) of a file: changes when the file is replaced."""
+        info = self.filesystem_for(uri).info(uri)
+        stamp = info.get("ETag") or info.get("mtime") or info.get("LastModified") or info.get("created") or ""
+        return f"{info.get('size')}-{str(stamp).strip(chr(34))}"
+
     def size(self, uri: str) -> int:
         return int(self.filesystem_for(uri).size(uri))
 

@@ -21,8 +21,9 @@ dev: install  ## the Dagster UI on the demo instance
 	DAGSTER_HOME=$(CURDIR)/.facelake/demo/dagster_home FACELAKE_CONFIG=$(CURDIR)/.facelake/demo/facelake.yaml \
 		$(BIN)/dagster dev -w workspace.yaml
 
-test: install  ## the whole suite (Postgres on 127.0.0.1 needed; CI sets FACELAKE_REQUIRE_SERVICES=1)
-	$(BIN)/python -m pytest -q
+test: install  ## lint, then the whole suite (Postgres on 127.0.0.1; CI sets FACELAKE_REQUIRE_SERVICES=1)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -35,7 +35,7 @@ format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
 
 bench: install
-	$(BIN)/python benchmarks/laion_meta_convert.py
+	$(BIN)/python -m benchmarks.laion_meta_convert
 
 clean:
 	rm -rf .facelake .pytest_cache

@@ -7,4 +7,5 @@ COPY resources resources
 COPY dagster_project dagster_project
 COPY sql sql
 COPY workspace.yaml ./
+ENV FACELAKE_SQL_DIR=/opt/facelake/sql
 RUN pip install --no-cache-dir .

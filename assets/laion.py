@@ -7,6 +7,7 @@ change their output: editing such a setting shows the asset as stale in the UI.
 
 # No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from dagster import (
     AssetCheckResult,
@@ -24,6 +25,7 @@ from dagster import (
 
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
 from dagster_project.partitions import laion_parts
+from facelake.catalog import run_report
 from facelake.commit import Attempt, Written, materialize_partition
 from facelake.laion import artifacts
 from facelake.laion.detections import convert_sample2detect
@@ -32,7 +34,8 @@ from facelake.laion.meta import filter_meta_part
 from facelake.laion.optout import blocked_sample_ids, read_blocklists
 from facelake.laion.part_download import download_part, drop_rows_with_ids, read_parquet
 from facelake.settings import FacelakeSettings
-from resources import Img2DatasetResource, LaionSourcesResource, StorageResource
+from resources import CatalogResource, Img2DatasetResource, LaionSourcesResource, StorageResource
+from resources.catalog import table_metadata
 
 GROUP = "laion_face"
 GPU_FREE_TAGS = {"dagster-celery/queue": "cpu"}
@@ -362,6 +365,26 @@ def laion_assets(settings: FacelakeSettings) -> list:
             },
         )
 
+    @asset(
+        name="laion_face_report",
+        group_name=GROUP,
+        code_version="1",
+        deps=[laion_face_meta, laion_face_images, laion_face_detections],
+        kinds={"duckdb", "sql"},
+        op_tags=GPU_FREE_TAGS,
+        description="Per-part report over the committed parquet (DuckDB views of sql/laion_face_views.sql): "
+        "counts by download status, success rate, bytes, released faces and faces on downloaded samples.",
+    )
+    def laion_face_report(storage: StorageResource, catalog: CatalogResource) -> MaterializeResult:
+        with catalog.connect(storage.get()) as conn:
+            report = run_report(conn)
+        totals = {
+            "parts": report.num_rows,
+            "samples": int(pc.sum(report["samples"]).as_py() or 0),
+            "success": int(pc.sum(report["success"]).as_py() or 0),
+        }
+        return MaterializeResult(metadata={"report": table_metadata(report), **totals})
+
     return [
         laion400m_meta,
         laion_sample2detect,
@@ -370,6 +393,7 @@ def laion_assets(settings: FacelakeSettings) -> list:
         laion_face_meta,
         laion_face_images,
         laion_face_detections,
+        laion_face_report,
     ]
 
 

@@ -6,23 +6,24 @@ from dagster import Definitions
 
 from assets.laion import laion_assets
 from dagster_project.executors import executor_from_env
-from dagster_project.jobs import laion_face_inputs_job, laion_face_part_job
+from dagster_project.jobs import laion_face_inputs_job, laion_face_part_job, laion_face_report_job
 from dagster_project.schedules import laion_schedule
 from dagster_project.settings import current_settings
 from facelake.settings import FacelakeSettings
-from resources import Img2DatasetResource, LaionSourcesResource, StorageResource
+from resources import CatalogResource, Img2DatasetResource, LaionSourcesResource, StorageResource
 
 
 def build_definitions(settings: FacelakeSettings) -> Definitions:
     """Definitions for one deployment's settings (tests build their own)."""
     return Definitions(
         assets=laion_assets(settings),
-        jobs=[laion_face_part_job, laion_face_inputs_job],
+        jobs=[laion_face_part_job, laion_face_inputs_job, laion_face_report_job],
         schedules=[laion_schedule(settings)],
         resources={
             "storage": StorageResource.from_settings(settings),
             "laion_sources": LaionSourcesResource.from_settings(settings),
             "img2dataset": Img2DatasetResource.from_settings(settings),
+            "catalog": CatalogResource(),
         },
         executor=executor_from_env(),
     )

@@ -24,7 +24,7 @@ def prepare_instance(home: Path) -> None:
 
 
 def run_demo(base: Path, port: int, part: str = "00000") -> dict:
-    """Build the world, serve it, materialize the inputs and one part; returns a summary."""
+    """Build the world, serve it, materialize the inputs, one part and the report; returns a summary."""
     from facelake.synthetic.image_server import ImageServer
     from facelake.synthetic.world import build_laion_world
 
@@ -43,11 +43,14 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
         settings = load_settings()
         defs = build_definitions(settings)
         instance = DagsterInstance.get()
-        inputs = defs.resolve_job_def("laion_face_inputs_job").execute_in_process(instance=instance)
-        part_run = defs.resolve_job_def("laion_face_part_job").execute_in_process(
-            partition_key=part, instance=instance
-        )
-    return {"world": world, "settings": settings, "home": home, "runs": [inputs.run_id, part_run.run_id]}
+        runs = [
+            defs.resolve_job_def("laion_face_inputs_job").execute_in_process(instance=instance),
+            defs.resolve_job_def("laion_face_part_job").execute_in_process(
+                partition_key=part, instance=instance
+            ),
+            defs.resolve_job_def("laion_face_report_job").execute_in_process(instance=instance),
+        ]
+    return {"world": world, "settings": settings, "home": home, "runs": [r.run_id for r in runs]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,23 +62,23 @@ def main(argv: list[str] | None = None) -> None:
     if args.fresh and args.dir.exists():
         shutil.rmtree(args.dir)
     summary = run_demo(args.dir, args.port)
-    settings, home = summary["settings"], summary["home"]
-    from facelake.laion import artifacts
+    from facelake.catalog import open_catalog, run_report
 
+    settings, home = summary["settings"], summary["home"]
     lake = settings.storage()
-    images = artifacts.images(lake, "00000").require_manifest().extra
-    detections = artifacts.detections(lake, "00000").require_manifest()
-    meta = artifacts.meta(lake, "00000").require_manifest()
-    print("\nfacelake demo: LAION-Face part 00000 materialized end to end")
-    print(f"  metadata rows kept : {meta.rows}")
-    print(f"  download statuses  : {images.get('by_status')}")
-    print(f"  success rate       : {images.get('success_rate'):.3f}")
-    print(f"  released faces     : {detections.rows}")
-    print(f"  outputs            : {lake.uri('laion_face')}")
-    print(f"  dagster instance   : {home}")
+    with open_catalog(lake) as conn:
+        report = run_report(conn).to_pylist()
+    runs = ", ".join(summary["runs"])
+    print(f"\nfacelake demo: LAION-Face part 00000 materialized end to end (runs: {runs})")
+    for row in report:
+        print(
+            "  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        )
+    print(f"  outputs          : {lake.uri('laion_face')}")
+    print(f"  dagster instance : {home}")
     config = os.environ["FACELAKE_CONFIG"]
-    print(f"  UI                 : make dev   (or: DAGSTER_HOME={home} FACELAKE_CONFIG={config} dagster dev)")
-    print("                       then open http://127.0.0.1:3000")
+    print(f"  UI               : make dev   (or: DAGSTER_HOME={home} FACELAKE_CONFIG={config} dagster dev)")
+    print("                     then open http://127.0.0.1:3000 (Assets > laion_face)")
 
 
 if __name__ == "__main__":

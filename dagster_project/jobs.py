@@ -20,3 +20,9 @@ laion_face_inputs_job = define_asset_job(
     selection=AssetSelection.assets(*LAION_GLOBAL_ASSETS),
     description="The global inputs every part needs: the face id list and the opt-out blocklist.",
 )
+
+laion_face_report_job = define_asset_job(
+    "laion_face_report_job",
+    selection=AssetSelection.assets("laion_face_report"),
+    description="Rebuild the per-part LAION-Face report from whatever is committed.",
+)

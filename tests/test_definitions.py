@@ -16,10 +16,15 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
     assert keys == PART_ASSETS | {
         "laion_face_ids",
         "laion_face_optout",
+        "laion_face_report",
         "laion400m_meta",
         "laion_sample2detect",
     }
-    assert {j.name for j in defs.jobs} == {"laion_face_part_job", "laion_face_inputs_job"}
+    assert {j.name for j in defs.jobs} == {
+        "laion_face_part_job",
+        "laion_face_inputs_job",
+        "laion_face_report_job",
+    }
     assert [s.name for s in defs.schedules] == ["laion_face_20m_schedule"]
     for key in PART_ASSETS:
         node = graph.get(AssetKey(key))

@@ -1,0 +1,5 @@
+"""Entry point of ``python -m facelake.models`` (see :mod:`facelake.models.cli`)."""
+
+from facelake.models.cli import main
+
+raise SystemExit(main())

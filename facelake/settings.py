@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -72,6 +72,21 @@ class ScheduleSettings(BaseModel):
     max_in_flight: int = Field(2, ge=1)
 
 
+class ModelSettings(BaseModel):
+    """Model weights (see ``facelake.models.registry``): a local cache dir, explicit paths by catalogue name
+    (e.g. ``arcface``, ``retinaface-resnet50``), and the detector and embedder the pipeline uses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cache_dir: str = "./.facelake/models"
+    paths: dict[str, str] = Field(default_factory=dict, description="catalogue name -> local weights file")
+    allow_download: bool = Field(False, description="download from a model's home URL (never when offline)")
+    detector_backbone: Literal["mobilenet0.25", "resnet50"] = "mobilenet0.25"
+    detector_max_side: int = Field(1024, ge=32)
+    detector_threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    embedder: Literal["dlib", "arcface"] = "dlib"
+
+
 class FacelakeSettings(BaseSettings):
     """All settings of one facelake deployment."""
 
@@ -83,6 +98,7 @@ class FacelakeSettings(BaseSettings):
     laion: LaionSources = Field(default_factory=LaionSources)
     download: DownloadSettings = Field(default_factory=DownloadSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
 
     @field_validator("root", "sources")
     @classmethod

@@ -45,3 +45,24 @@ def test_missing_named_config_file_is_an_error(monkeypatch, tmp_path):
     monkeypatch.setenv("FACELAKE_CONFIG", str(tmp_path / "nope.yaml"))
     with pytest.raises(FileNotFoundError, match=r"nope\.yaml"):
         load_settings()
+
+
+def test_models_section_from_yaml_and_env(tmp_path, monkeypatch):
+    config = tmp_path / "facelake.yaml"
+    config.write_text("models:\n  cache_dir: /srv/models\n  paths:\n    arcface: /srv/glintr100.onnx\n")
+    monkeypatch.setenv("FACELAKE_CONFIG", str(config))
+    monkeypatch.setenv("FACELAKE_MODELS__EMBEDDER", "arcface")
+    models = load_settings().models
+    assert (models.cache_dir, models.paths, models.embedder) == (
+        "/srv/models",
+        {"arcface": "/srv/glintr100.onnx"},
+        "arcface",
+    )
+    assert (models.allow_download, models.detector_backbone, models.detector_max_side) == (
+        False,
+        "mobilenet0.25",
+        1024,
+    )
+    monkeypatch.setenv("FACELAKE_MODELS__EMBEDDER", "clip")
+    with pytest.raises(ValidationError, match="embedder"):
+        load_settings()

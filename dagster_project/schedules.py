@@ -65,6 +65,9 @@ def laion_schedule(settings: FacelakeSettings) -> ScheduleDefinition:
         todo = plan_part_requests(parts, committed_parts(storage, parts), in_flight, limit)
         if not todo:
             return SkipReason(f"{len(in_flight)} part(s) in flight (limit {limit}); nothing else to request")
-        return [RunRequest(partition_key=p, tags={"facelake/requested_by": "schedule"}) for p in todo]
+        # Dagster requires a run_key on each of several RunRequests (it de-duplicates within the tick).
+        return [
+            RunRequest(run_key=p, partition_key=p, tags={"facelake/requested_by": "schedule"}) for p in todo
+        ]
 
     return _schedule

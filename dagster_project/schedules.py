@@ -15,6 +15,7 @@ from dagster import (
     schedule,
 )
 
+from assets.laion import LAION_PART_ASSETS
 from dagster_project.jobs import laion_face_part_job
 from facelake.laion import artifacts
 from facelake.scheduling import plan_part_requests
@@ -31,9 +32,16 @@ IN_FLIGHT = [
 
 
 def parts_in_flight(context: ScheduleEvaluationContext, job_name: str) -> set[str]:
-    """Partition keys of this job's runs that are queued or running on the instance."""
-    runs = context.instance.get_runs(filters=RunsFilter(job_name=job_name, statuses=IN_FLIGHT))
-    return {r.tags["dagster/partition"] for r in runs if "dagster/partition" in r.tags}
+    """Partition keys of queued or running runs that write a LAION part: this job's runs, and any other run
+    (``dagster asset materialize``, a UI launch) whose asset selection includes a part asset."""
+    runs = context.instance.get_runs(filters=RunsFilter(statuses=IN_FLIGHT))
+    part_assets = set(LAION_PART_ASSETS)
+    return {
+        r.tags["dagster/partition"]
+        for r in runs
+        if "dagster/partition" in r.tags
+        and (r.job_name == job_name or bool(part_assets & set(r.asset_selection or ())))
+    }
 
 
 def committed_parts(storage: StorageResource, parts: list[str]) -> set[str]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 from dagster import (
+    AssetKey,
     DagsterInstance,
     DagsterRun,
     DagsterRunStatus,
@@ -74,12 +75,21 @@ def job_origin(job: str) -> RemoteJobOrigin:
 
 
 def add_run(
-    instance: DagsterInstance, part: str, status: DagsterRunStatus, job: str = PART_JOB
+    instance: DagsterInstance,
+    part: str,
+    status: DagsterRunStatus,
+    job: str = PART_JOB,
+    asset_selection: frozenset[AssetKey] | None = None,
 ) -> DagsterRun:
     """A run record of ``job`` for ``part`` with ``status``, as the daemon or a manual launch leaves it."""
     tags = {"dagster/partition": part} if part else {}
     run = DagsterRun(
-        job_name=job, run_id=make_new_run_id(), status=status, tags=tags, remote_job_origin=job_origin(job)
+        job_name=job,
+        run_id=make_new_run_id(),
+        status=status,
+        tags=tags,
+        remote_job_origin=job_origin(job),
+        asset_selection=asset_selection,
     )
     return instance.add_run(run)
 
@@ -115,6 +125,25 @@ def test_manual_runs_of_parts_outside_the_subset_count_against_the_budget(defs, 
     assert requested_parts(defs, instance) == ["00000"]
     add_run(instance, "00003", DagsterRunStatus.STARTING)
     assert isinstance(requested_parts(defs, instance), str)
+
+
+def test_a_cli_asset_run_of_a_part_counts_as_in_flight(defs, instance):
+    """`dagster asset materialize --select laion_face_images --partition 00000` runs as __ASSET_JOB."""
+    add_run(
+        instance,
+        "00000",
+        DagsterRunStatus.STARTED,
+        job="__ASSET_JOB",
+        asset_selection=frozenset({AssetKey("laion_face_images")}),
+    )
+    add_run(
+        instance,
+        "00002",
+        DagsterRunStatus.STARTED,
+        job="__ASSET_JOB",
+        asset_selection=frozenset({AssetKey("laion_face_report")}),
+    )
+    assert requested_parts(defs, instance) == ["00002"]
 
 
 def test_a_committed_part_is_skipped_until_its_detections_are_gone(defs, instance):

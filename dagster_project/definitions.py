@@ -5,25 +5,35 @@ from __future__ import annotations
 from dagster import Definitions
 
 from assets.laion import laion_assets
+from assets.laion_faces import laion_face_model_assets
 from dagster_project.executors import executor_from_env
-from dagster_project.jobs import laion_face_inputs_job, laion_face_part_job, laion_face_report_job
+from dagster_project.jobs import (
+    laion_face_faces_job,
+    laion_face_inputs_job,
+    laion_face_part_job,
+    laion_face_report_job,
+)
 from dagster_project.schedules import laion_schedule
 from dagster_project.settings import current_settings
 from facelake.settings import FacelakeSettings
 from resources import CatalogResource, Img2DatasetResource, LaionSourcesResource, StorageResource
+from resources.models import ModelRegistryResource
 
 
 def build_definitions(settings: FacelakeSettings) -> Definitions:
     """Definitions for one deployment's settings (tests build their own)."""
+    model_assets = laion_face_model_assets(settings)
     return Definitions(
-        assets=laion_assets(settings),
-        jobs=[laion_face_part_job, laion_face_inputs_job, laion_face_report_job],
+        assets=laion_assets(settings) + model_assets[:-1],
+        asset_checks=model_assets[-1:],
+        jobs=[laion_face_part_job, laion_face_inputs_job, laion_face_report_job, laion_face_faces_job],
         schedules=[laion_schedule(settings)],
         resources={
             "storage": StorageResource.from_settings(settings),
             "laion_sources": LaionSourcesResource.from_settings(settings),
             "img2dataset": Img2DatasetResource.from_settings(settings),
             "catalog": CatalogResource(),
+            "models": ModelRegistryResource.from_settings(settings),
         },
         executor=executor_from_env(),
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dagster import AssetSelection, define_asset_job
 
 from assets.laion import LAION_GLOBAL_ASSETS, LAION_PART_ASSETS
+from assets.laion_faces import LAION_FACE_MODEL_ASSETS
 from dagster_project.partitions import laion_parts
 
 laion_face_part_job = define_asset_job(
@@ -25,4 +26,12 @@ laion_face_report_job = define_asset_job(
     "laion_face_report_job",
     selection=AssetSelection.assets("laion_face_report"),
     description="Rebuild the per-part LAION-Face report from whatever is committed.",
+)
+
+laion_face_faces_job = define_asset_job(
+    "laion_face_faces_job",
+    selection=AssetSelection.assets(*LAION_FACE_MODEL_ASSETS),
+    partitions_def=laion_parts,
+    description="Our own RetinaFace detections and identity embeddings of one downloaded part (GPU steps: "
+    "pool 'gpu', celery queue 'gpu'), with the agreement check against the released detections.",
 )

@@ -17,6 +17,8 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "laion_face_ids",
         "laion_face_optout",
         "laion_face_report",
+        "laion_face_detected",
+        "laion_face_embeddings",
         "laion400m_meta",
         "laion_sample2detect",
     }
@@ -35,7 +37,7 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         AssetKey("laion_face_ids"),
     }
     checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
-    assert checks == {"success_rate"}
+    assert checks == {"success_rate", "agrees_with_released_detections"}
 
 
 def test_schedule_subset_follows_settings():

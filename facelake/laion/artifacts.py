@@ -40,6 +40,16 @@ def detections(storage: Storage, part: str) -> PartitionArtifact:
     return PartitionArtifact(storage, DATASET, "detections", part)
 
 
+def detected(storage: Storage, part: str) -> PartitionArtifact:
+    part_index(part)
+    return PartitionArtifact(storage, DATASET, "detected", part)
+
+
+def embeddings(storage: Storage, part: str) -> PartitionArtifact:
+    part_index(part)
+    return PartitionArtifact(storage, DATASET, "embeddings", part)
+
+
 def committed_file(artifact: PartitionArtifact, suffix: str) -> str:
     """The one committed file of an artifact ending in ``suffix`` (raises if not committed)."""
     uris = artifact.file_uris(suffix=suffix)

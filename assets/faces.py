@@ -1,0 +1,248 @@
+"""Face-model assets, built by factories so every image asset gets the same stages without copies:
+our own RetinaFace detections, and identity embeddings of the detected faces.
+
+Both are GPU-bound: they carry ``pool="gpu"`` and the celery/k8s GPU tags (DESIGN §4), pick ``cuda`` when
+present and the CPU otherwise, and commit per webdataset shard, so a killed run resumes without redoing
+finished shards.
+"""
+
+# No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetExecutionContext,
+    AssetsDefinition,
+    MaterializeResult,
+    PartitionsDefinition,
+    asset,
+    asset_check,
+)
+
+from assets.materializing import CommitConfig, code_version, materialize_result, owner
+from facelake.commit import Attempt, PartitionArtifact, Written, materialize_partition
+from facelake.detection_compare import compare_detections
+from facelake.face_stages import StageCounter, detect_shard, embed_shard
+from facelake.laion.part_download import read_parquet
+from facelake.models.registry import detector_model
+from facelake.shard_stage import read_stage_table, run_shard_stage
+from facelake.storage import Storage
+from facelake.webdataset_reader import part_image_shards
+from resources import StorageResource
+from resources.models import ModelRegistryResource
+
+GPU_TAGS = {
+    "dagster-celery/queue": "gpu",
+    "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
+}
+ArtifactFor = Callable[[Storage, str], PartitionArtifact]
+
+
+class FaceStageConfig(CommitConfig):
+    """Run config of the face stages."""
+
+    batch_size: int = 32
+    decode_threads: int = 0
+    """Threads decoding the next JPEG batch while the model runs (2 helps on GPU boxes with big images)."""
+
+
+def _stage_metadata(counter: StageCounter, extra: dict) -> dict:
+    return {
+        "images_per_second": round(counter.images_per_second(), 2),
+        "images_processed_now": counter.images,
+        "images_skipped_corrupt": counter.skipped,
+        "faces_per_image_histogram": counter.histogram(),
+        **extra,
+    }
+
+
+def detected_faces_asset(
+    *,
+    name: str,
+    images: str,
+    partitions_def: PartitionsDefinition,
+    images_artifact: ArtifactFor,
+    out_artifact: ArtifactFor,
+    group: str,
+    detector_version: dict,
+) -> AssetsDefinition:
+    """Our own RetinaFace run over an image asset's committed webdataset shards: one row per face."""
+    version = code_version("1", detector_version)
+
+    @asset(
+        name=name,
+        group_name=group,
+        partitions_def=partitions_def,
+        deps=[images],
+        code_version=version,
+        pool="gpu",
+        op_tags=GPU_TAGS,
+        kinds={"pytorch", "parquet"},
+        description=f"RetinaFace detections on the downloaded images of {images}: one row per face "
+        "(sample_id, face_index, box, 5 landmarks, score, detector, threshold), boxes in original pixels.",
+    )
+    def _detected(
+        context: AssetExecutionContext,
+        config: FaceStageConfig,
+        storage: StorageResource,
+        models: ModelRegistryResource,
+    ) -> MaterializeResult:
+        lake, part = storage.get(), context.partition_key
+        source = images_artifact(lake, part)
+        source_manifest = source.require_manifest()
+        shards = {s.shard_id: s for s in part_image_shards(lake, source)}
+        detector = models.detector()
+        weights = models.describe(detector_model(models.detector_backbone))
+        stage_config = {**detector.config(), "weights_sha256": weights["sha256"]}
+        counter = StageCounter()
+        context.log.info(
+            f"{detector.name} on {detector.device} over {len(shards)} shard(s) of {images}[{part}]"
+        )
+
+        def write(attempt: Attempt) -> Written:
+            result = run_shard_stage(
+                attempt,
+                sorted(shards),
+                lambda i: detect_shard(
+                    lake, shards[i], detector, config.batch_size, config.decode_threads, counter
+                ),
+                config=stage_config,
+                fingerprint=lambda i: shards[i].fingerprint,
+                log=context.log.info,
+            )
+            return result.written(extra={**result.stats(), "detector": stage_config})
+
+        artifact = out_artifact(lake, part)
+        run_config = {**stage_config, "images": source_manifest.content_hash}
+        outcome = materialize_partition(
+            artifact, run_config, version, owner(context), write, force=config.force, keep=("shards/",)
+        )
+        extra = outcome.manifest.extra
+        metadata = _stage_metadata(
+            counter, {"detector": detector.name, "device": str(detector.device), **_ints(extra)}
+        )
+        return materialize_result(context, artifact, outcome, metadata)
+
+    return _detected
+
+
+def detections_agreement_check(
+    *,
+    asset_name: str,
+    partitions_def: PartitionsDefinition,
+    ours_artifact: ArtifactFor,
+    reference_artifact: ArtifactFor,
+    images_artifact: ArtifactFor,
+    min_recall: float = 0.8,
+    min_precision: float = 0.8,
+):
+    """An asset check: IoU-matched recall/precision of our detections against a reference (the released ones)."""
+
+    @asset_check(
+        asset=asset_name,
+        name="agrees_with_released_detections",
+        partitions_def=partitions_def,
+        description=f"IoU>=0.5 matched recall >= {min_recall} and precision >= {min_precision} against the "
+        "released detections, over the images both sides saw.",
+    )
+    def _check(context: AssetCheckExecutionContext, storage: StorageResource) -> AssetCheckResult:
+        lake, part = storage.get(), context.partition_key
+        reference = reference_artifact(lake, part)
+        if reference.manifest() is None:
+            raise FileNotFoundError(
+                f"{reference.prefix}: released detections not committed; materialize them first"
+            )
+        ours = read_stage_table(lake, ours_artifact(lake, part))
+        [released] = reference.file_uris(suffix=".parquet")
+        images = np.concatenate(
+            [s.sample_ids for s in part_image_shards(lake, images_artifact(lake, part))]
+            or [np.zeros(0, np.int64)]
+        )
+        stats = compare_detections(ours, read_parquet(lake, released), images)
+        passed = stats["recall"] >= min_recall and stats["precision"] >= min_precision
+        return AssetCheckResult(passed=bool(passed), metadata=stats)
+
+    return _check
+
+
+def face_embeddings_asset(
+    *,
+    name: str,
+    images: str,
+    detections: str,
+    partitions_def: PartitionsDefinition,
+    images_artifact: ArtifactFor,
+    detections_artifact: ArtifactFor,
+    out_artifact: ArtifactFor,
+    group: str,
+    embedder_version: dict,
+) -> AssetsDefinition:
+    """Identity embeddings of every detected face of an image asset, with the embedder's provenance per row."""
+    version = code_version("1", embedder_version)
+
+    @asset(
+        name=name,
+        group_name=group,
+        partitions_def=partitions_def,
+        deps=[images, detections],
+        code_version=version,
+        pool="gpu",
+        op_tags=GPU_TAGS,
+        kinds={"pytorch", "parquet"},
+        description=f"Identity embeddings (L2-normalised) of the faces in {detections} on the images of {images}: "
+        "one row per face (sample_id, key, face_index, embedding, embedder provenance).",
+    )
+    def _embeddings(
+        context: AssetExecutionContext,
+        config: FaceStageConfig,
+        storage: StorageResource,
+        models: ModelRegistryResource,
+    ) -> MaterializeResult:
+        lake, part = storage.get(), context.partition_key
+        source = images_artifact(lake, part)
+        faces_artifact = detections_artifact(lake, part)
+        faces_manifest = faces_artifact.require_manifest()
+        shards = {s.shard_id: s for s in part_image_shards(lake, source)}
+        faces: pa.Table = read_stage_table(lake, faces_artifact)
+        embedder = models.embedder()
+        profile = embedder.profile
+        context.log.info(f"embedder: {profile.describe()}")
+        stage_config = {**profile.provenance(), "faces": faces_manifest.content_hash}
+        counter = StageCounter()
+
+        def write(attempt: Attempt) -> Written:
+            result = run_shard_stage(
+                attempt,
+                sorted(shards),
+                lambda i: embed_shard(lake, shards[i], faces, embedder, config.batch_size, counter),
+                config=stage_config,
+                fingerprint=lambda i: shards[i].fingerprint,
+                log=context.log.info,
+            )
+            return result.written(extra={**result.stats(), "embedder": profile.provenance()})
+
+        artifact = out_artifact(lake, part)
+        outcome = materialize_partition(
+            artifact, stage_config, version, owner(context), write, force=config.force, keep=("shards/",)
+        )
+        metadata = _stage_metadata(
+            counter,
+            {
+                "embedder": profile.describe(),
+                "random_init": profile.random_init,
+                "same_identity_cosine_distance": profile.same_identity_cosine_distance,
+                **_ints(outcome.manifest.extra),
+            },
+        )
+        return materialize_result(context, artifact, outcome, metadata)
+
+    return _embeddings
+
+
+def _ints(extra: dict) -> dict:
+    """The integer counters of a stage's manifest extra (shards done now / reused, rows)."""
+    return {k: v for k, v in extra.items() if isinstance(v, int) and not isinstance(v, bool)}

@@ -26,6 +26,7 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "laion_face_part_job",
         "laion_face_inputs_job",
         "laion_face_report_job",
+        "laion_face_faces_job",
     }
     assert [s.name for s in defs.schedules] == ["laion_face_20m_schedule"]
     for key in PART_ASSETS:

@@ -24,7 +24,7 @@ from dagster import (
 )
 
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
-from facelake.commit import Attempt, PartitionArtifact, Written, materialize_partition
+from facelake.commit import Attempt, CommitOutcome, PartitionArtifact, Written, materialize_partition
 from facelake.detection_compare import compare_detections
 from facelake.face_stages import StageCounter, detect_shard, embed_shard
 from facelake.laion.part_download import read_parquet
@@ -103,29 +103,24 @@ def detected_faces_asset(
             f"{detector.name} on {detector.device} over {len(shards)} shard(s) of {images}[{part}]"
         )
 
-        def write(attempt: Attempt) -> Written:
-            result = run_shard_stage(
-                attempt,
-                sorted(shards),
-                lambda i: detect_shard(
-                    lake, shards[i], detector, config.batch_size, config.decode_threads, counter
-                ),
-                config=stage_config,
-                fingerprint=lambda i: shards[i].fingerprint,
-                log=context.log.info,
-            )
-            return result.written(extra={**result.stats(), "detector": stage_config})
-
-        artifact = out_artifact(lake, part)
-        run_config = {**stage_config, "images": source_manifest.content_hash}
-        outcome = materialize_partition(
-            artifact, run_config, version, owner(context), write, force=config.force, keep=("shards/",)
+        outcome = _commit_shards(
+            context,
+            out_artifact(lake, part),
+            {**stage_config, "images": source_manifest.content_hash},
+            version,
+            shards,
+            lambda i: detect_shard(
+                lake, shards[i], detector, config.batch_size, config.decode_threads, counter
+            ),
+            stage_config,
+            config.force,
+            {"detector": stage_config},
         )
         extra = outcome.manifest.extra
         metadata = _stage_metadata(
             counter, {"detector": detector.name, "device": str(detector.device), **_ints(extra)}
         )
-        return materialize_result(context, artifact, outcome, metadata)
+        return materialize_result(context, out_artifact(lake, part), outcome, metadata)
 
     return _detected
 
@@ -214,20 +209,16 @@ def face_embeddings_asset(
         stage_config = {**profile.provenance(), "faces": faces_manifest.content_hash}
         counter = StageCounter()
 
-        def write(attempt: Attempt) -> Written:
-            result = run_shard_stage(
-                attempt,
-                sorted(shards),
-                lambda i: embed_shard(lake, shards[i], faces, embedder, config.batch_size, counter),
-                config=stage_config,
-                fingerprint=lambda i: shards[i].fingerprint,
-                log=context.log.info,
-            )
-            return result.written(extra={**result.stats(), "embedder": profile.provenance()})
-
-        artifact = out_artifact(lake, part)
-        outcome = materialize_partition(
-            artifact, stage_config, version, owner(context), write, force=config.force, keep=("shards/",)
+        outcome = _commit_shards(
+            context,
+            out_artifact(lake, part),
+            stage_config,
+            version,
+            shards,
+            lambda i: embed_shard(lake, shards[i], faces, embedder, config.batch_size, counter),
+            stage_config,
+            config.force,
+            {"embedder": profile.provenance()},
         )
         metadata = _stage_metadata(
             counter,
@@ -238,9 +229,38 @@ def face_embeddings_asset(
                 **_ints(outcome.manifest.extra),
             },
         )
-        return materialize_result(context, artifact, outcome, metadata)
+        return materialize_result(context, out_artifact(lake, part), outcome, metadata)
 
     return _embeddings
+
+
+def _commit_shards(
+    context: AssetExecutionContext,
+    artifact: PartitionArtifact,
+    run_config: dict,
+    version: str,
+    shards: dict,
+    process: Callable[[int], pa.Table],
+    stage_config: dict,
+    force: bool,
+    extra: dict,
+) -> CommitOutcome:
+    """Run ``process`` per input shard (resuming committed shards) and commit the partition manifest-last."""
+
+    def write(attempt: Attempt) -> Written:
+        result = run_shard_stage(
+            attempt,
+            sorted(shards),
+            process,
+            config=stage_config,
+            fingerprint=lambda i: shards[i].fingerprint,
+            log=context.log.info,
+        )
+        return result.written(extra={**result.stats(), **extra})
+
+    return materialize_partition(
+        artifact, run_config, version, owner(context), write, force=force, keep=("shards/",)
+    )
 
 
 def _ints(extra: dict) -> dict:

@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(args.dir)
     summary = run_demo(args.dir, args.port)
     from facelake.catalog import open_catalog, run_report
+    from facelake.laion import artifacts
 
     settings, home = summary["settings"], summary["home"]
     lake = settings.storage()
@@ -74,6 +75,13 @@ def main(argv: list[str] | None = None) -> None:
         print(
             "  " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         )
+    detected = artifacts.detected(lake, "00000").require_manifest()
+    embeddings = artifacts.embeddings(lake, "00000").require_manifest()
+    print(f"  our detections   : {detected.rows} faces ({detected.extra['detector']['detector']})")
+    print(
+        f"  embeddings       : {embeddings.rows} x {embeddings.extra['embedder']['embedder_dimension']}-d "
+        f"({embeddings.extra['embedder']['embedder_name']})"
+    )
     print(f"  outputs          : {lake.uri('laion_face')}")
     print(f"  dagster instance : {home}")
     config = os.environ["FACELAKE_CONFIG"]

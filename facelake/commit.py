@@ -234,7 +234,8 @@ class Attempt:
 
 
 def acquire_lease(storage: Storage, uri: str, owner: str, ttl_s: float) -> Lease:
-    """Create the lease exclusively, or take over an expired one; raise if another owner holds it."""
+    """Create the lease exclusively, or take over an expired one or one whose process on this host is gone
+    (a killed run); raise if another owner holds it."""
     for _ in range(3):
         now = time.time()
         lease = Lease(owner, socket.gethostname(), os.getpid(), now, now + ttl_s)
@@ -247,7 +248,7 @@ def acquire_lease(storage: Storage, uri: str, owner: str, ttl_s: float) -> Lease
         if held.owner == owner:
             storage.write_json(uri, asdict(lease))
             return lease
-        if held.expired(now):
+        if held.expired(now) or _holder_is_gone(held):
             storage.rm(uri, recursive=False)
             continue
         until = datetime.fromtimestamp(held.expires_at, UTC).isoformat(timespec="seconds")
@@ -256,6 +257,19 @@ def acquire_lease(storage: Storage, uri: str, owner: str, ttl_s: float) -> Lease
             f"(host {held.host}, pid {held.pid}) until {until}; refusing a second concurrent writer"
         )
     raise PartitionLockedError(f"{uri}: could not acquire the lease (contended)")
+
+
+def _holder_is_gone(lease: Lease) -> bool:
+    """The lease was taken on this host by a process that no longer exists (killed before releasing it)."""
+    if lease.host != socket.gethostname():
+        return False
+    try:
+        os.kill(lease.pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive but not ours to signal
+    return False
 
 
 def release_lease(storage: Storage, uri: str, owner: str) -> None:

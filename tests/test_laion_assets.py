@@ -15,16 +15,9 @@ from dagster_project.definitions import build_definitions
 from facelake.laion import artifacts
 from facelake.laion.download import committed_shards
 from facelake.settings import load_settings
+from tests.cli_helpers import STATUS_OF_KIND
 
-EXPECTED_STATUS = {
-    "face": "success",
-    "slow": "success",
-    "not_found": "failed_to_download",
-    "noai": "failed_to_download",
-    "not_image": "failed_to_resize",
-    "blocked_id": "opted_out",
-    "blocked_url": "opted_out",
-}
+EXPECTED_STATUS = STATUS_OF_KIND
 
 
 def run_part(instance: DagsterInstance, images_config: dict | None = None, part: str = "00000"):

@@ -17,6 +17,12 @@ def part_index(key: str) -> int:
     return int(key)
 
 
+def part_artifact(storage: Storage, name: str, part: str) -> PartitionArtifact:
+    """Artifact ``name`` of LAION part ``part`` (the key is checked)."""
+    part_index(part)
+    return PartitionArtifact(storage, DATASET, name, part)
+
+
 def face_ids(storage: Storage) -> PartitionArtifact:
     return PartitionArtifact(storage, DATASET, "face_ids", "all")
 
@@ -26,28 +32,23 @@ def optout(storage: Storage) -> PartitionArtifact:
 
 
 def meta(storage: Storage, part: str) -> PartitionArtifact:
-    part_index(part)
-    return PartitionArtifact(storage, DATASET, "meta", part)
+    return part_artifact(storage, "meta", part)
 
 
 def images(storage: Storage, part: str) -> PartitionArtifact:
-    part_index(part)
-    return PartitionArtifact(storage, DATASET, "images", part)
+    return part_artifact(storage, "images", part)
 
 
 def detections(storage: Storage, part: str) -> PartitionArtifact:
-    part_index(part)
-    return PartitionArtifact(storage, DATASET, "detections", part)
+    return part_artifact(storage, "detections", part)
 
 
 def detected(storage: Storage, part: str) -> PartitionArtifact:
-    part_index(part)
-    return PartitionArtifact(storage, DATASET, "detected", part)
+    return part_artifact(storage, "detected", part)
 
 
 def embeddings(storage: Storage, part: str) -> PartitionArtifact:
-    part_index(part)
-    return PartitionArtifact(storage, DATASET, "embeddings", part)
+    return part_artifact(storage, "embeddings", part)
 
 
 def committed_file(artifact: PartitionArtifact, suffix: str) -> str:

@@ -8,6 +8,7 @@ finished shards.
 
 # No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -40,6 +41,8 @@ GPU_TAGS = {
     "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
 }
 ArtifactFor = Callable[[Storage, str], PartitionArtifact]
+gpu_asset = functools.partial(asset, pool="gpu", op_tags=GPU_TAGS, kinds={"pytorch", "parquet"})
+"""``@asset`` for GPU-bound stages: the ``gpu`` pool, celery queue and k8s GPU limit of DESIGN §4."""
 
 
 class FaceStageConfig(CommitConfig):
@@ -73,15 +76,12 @@ def detected_faces_asset(
     """Our own RetinaFace run over an image asset's committed webdataset shards: one row per face."""
     version = code_version("1", detector_version)
 
-    @asset(
+    @gpu_asset(
         name=name,
         group_name=group,
         partitions_def=partitions_def,
         deps=[images],
         code_version=version,
-        pool="gpu",
-        op_tags=GPU_TAGS,
-        kinds={"pytorch", "parquet"},
         description=f"RetinaFace detections on the downloaded images of {images}: one row per face "
         "(sample_id, face_index, box, 5 landmarks, score, detector, threshold), boxes in original pixels.",
     )
@@ -179,15 +179,12 @@ def face_embeddings_asset(
     """Identity embeddings of every detected face of an image asset, with the embedder's provenance per row."""
     version = code_version("1", embedder_version)
 
-    @asset(
+    @gpu_asset(
         name=name,
         group_name=group,
         partitions_def=partitions_def,
         deps=[images, detections],
         code_version=version,
-        pool="gpu",
-        op_tags=GPU_TAGS,
-        kinds={"pytorch", "parquet"},
         description=f"Identity embeddings (L2-normalised) of the faces in {detections} on the images of {images}: "
         "one row per face (sample_id, key, face_index, embedding, embedder provenance).",
     )

@@ -159,7 +159,7 @@ def detections_agreement_check(
         )
         stats = compare_detections(ours, read_parquet(lake, released), images)
         passed = stats["recall"] >= min_recall and stats["precision"] >= min_precision
-        return AssetCheckResult(passed=bool(passed), metadata=stats)
+        return AssetCheckResult(passed=bool(passed), metadata={"compared": True, **stats})
 
     return _check
 

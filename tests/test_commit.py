@@ -119,3 +119,42 @@ def test_expired_lease_is_taken_over(local_storage: Storage):
     )
     outcome = materialize_partition(part, {}, "v1", "new-run", lambda a: Written([write_text(a, "x", "y")]))
     assert not outcome.reused and part.manifest() is not None
+
+
+def test_lease_of_a_killed_writer_on_this_host_is_taken_over(local_storage: Storage):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    part = PartitionArtifact(local_storage, "demo", "things", "00000")
+    far_future = 4_102_444_800.0
+    local_storage.write_json(
+        part.lease_uri,
+        {
+            "owner": "killed-run",
+            "host": socket.gethostname(),
+            "pid": dead.pid,
+            "acquired_at": 0.0,
+            "expires_at": far_future,
+        },
+    )
+    outcome = materialize_partition(part, {}, "v1", "rerun", lambda a: Written([write_text(a, "x", "y")]))
+    assert not outcome.reused and part.manifest() is not None
+
+
+def test_live_lease_on_another_host_is_respected(local_storage: Storage):
+    part = PartitionArtifact(local_storage, "demo", "things", "00000")
+    local_storage.write_json(
+        part.lease_uri,
+        {
+            "owner": "remote-run",
+            "host": "other-host",
+            "pid": 1,
+            "acquired_at": 0.0,
+            "expires_at": 4_102_444_800.0,
+        },
+    )
+    with pytest.raises(PartitionLockedError, match="remote-run"):
+        materialize_partition(part, {}, "v1", "local-run", lambda a: Written([]))

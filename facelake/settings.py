@@ -85,6 +85,7 @@ class ModelSettings(BaseModel):
     detector_max_side: int = Field(1024, ge=32)
     detector_threshold: float = Field(0.5, gt=0.0, lt=1.0)
     embedder: Literal["dlib", "arcface"] = "dlib"
+    torch_threads: int = Field(0, ge=0, description="torch CPU threads on CPU workers (0: torch default)")
 
 
 class FacelakeSettings(BaseSettings):

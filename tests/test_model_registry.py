@@ -272,3 +272,18 @@ def test_resource_builds_the_registry_from_settings(
         assert models.detector(device="cpu") is detector
         assert models.embedder().profile.dimension == 512
         assert models.describe("arcface")["file"] == "tiny.onnx"
+
+
+def test_resource_limits_torch_threads_on_cpu(tmp_path):
+    import torch
+
+    from facelake.settings import load_settings
+    from resources.models import ModelRegistryResource
+
+    before = torch.get_num_threads()
+    try:
+        settings = load_settings(models={"torch_threads": 1, "cache_dir": str(tmp_path / "models")})
+        detector = ModelRegistryResource.from_settings(settings).detector(device="cpu")
+        assert str(detector.device) == "cpu" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -43,13 +43,17 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
         settings = load_settings()
         defs = build_definitions(settings)
         instance = DagsterInstance.get()
-        runs = [
-            defs.resolve_job_def("laion_face_inputs_job").execute_in_process(instance=instance),
-            defs.resolve_job_def("laion_face_part_job").execute_in_process(
-                partition_key=part, instance=instance
-            ),
-            defs.resolve_job_def("laion_face_report_job").execute_in_process(instance=instance),
+        jobs = [
+            "laion_face_inputs_job",
+            "laion_face_part_job",
+            "laion_face_faces_job",
+            "laion_face_report_job",
         ]
+        runs = []
+        for name in jobs:
+            job = defs.resolve_job_def(name)
+            key = part if job.partitions_def is not None else None
+            runs.append(job.execute_in_process(partition_key=key, instance=instance))
     return {"world": world, "settings": settings, "home": home, "runs": [r.run_id for r in runs]}
 
 

@@ -34,6 +34,7 @@ from facelake.errors import InputError
 from facelake.laion.artifacts import DATASET
 from facelake.laion.detections import DETECTIONS_SCHEMA
 from facelake.laion.download_accounting import RESOLVED_SCHEMA
+from facelake.laion.formats import LAION400M_META_SCHEMA
 from facelake.settings import LAION_PARTS
 from facelake.storage import Storage
 
@@ -42,19 +43,6 @@ REPORT_SQL = "laion_face_report.sql"
 SQL_DIR_ENV = "FACELAKE_SQL_DIR"
 PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 
-# laion400m-meta's columns (DESIGN §5), the schema of a committed laion_face_meta part.
-LAION_META_SCHEMA = pa.schema(
-    [
-        ("SAMPLE_ID", pa.int64()),
-        ("URL", pa.string()),
-        ("TEXT", pa.string()),
-        ("HEIGHT", pa.int64()),
-        ("WIDTH", pa.int64()),
-        ("LICENSE", pa.string()),
-        ("NSFW", pa.string()),
-        ("similarity", pa.float64()),
-    ]
-)
 # What img2dataset writes to ``NNNNN.parquet`` with the LAION-Face download options.
 IMG2DATASET_SHARD_SCHEMA = pa.schema(
     [
@@ -113,7 +101,7 @@ class ViewSource:
 
 
 LAION_FACE_SOURCES = (
-    ViewSource("meta_source", "meta", re.compile(r".*\.parquet"), LAION_META_SCHEMA),
+    ViewSource("meta_source", "meta", re.compile(r".*\.parquet"), LAION400M_META_SCHEMA),
     ViewSource("samples_source", "images", re.compile(r"(.*/)?samples\.parquet"), RESOLVED_SCHEMA),
     ViewSource("download_source", "images", re.compile(r"shards/[0-9]+\.parquet"), IMG2DATASET_SHARD_SCHEMA),
     ViewSource("detections_source", "detections", re.compile(r".*\.parquet"), DETECTIONS_SCHEMA),

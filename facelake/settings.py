@@ -18,11 +18,11 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from facelake.laion.formats import META_PART_TEMPLATE
 from facelake.storage import S3Options, Storage
 
 LAION_PARTS = [f"{i:05d}" for i in range(32)]
 LAION_20M_PARTS = [f"{i:05d}" for i in (0, 2, 5, 8, 13, 15, 17, 18, 21, 22, 24, 25, 28)]
-META_PART_TEMPLATE = "part-{part:05d}-5b54c5d5-bbcf-484d-a2ce-0d6f73df1a36-c000.snappy.parquet"
 
 
 class S3Settings(BaseModel):

@@ -22,7 +22,8 @@ from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus
 
 from facelake.commit import MANIFEST, Manifest
 from facelake.laion import artifacts
-from facelake.settings import META_PART_TEMPLATE, load_settings
+from facelake.laion.formats import META_PART_TEMPLATE
+from facelake.settings import load_settings
 from facelake.storage import Storage
 from facelake.synthetic.laion_pth import write_malicious_pth
 from facelake.synthetic.world import LaionWorld, WorldSpec

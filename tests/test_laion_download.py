@@ -245,7 +245,8 @@ def test_every_sample_ends_in_exactly_one_status_with_exact_counts(local_run, pa
     assert summary["robots_disallowed"] == 2 and summary["retried_samples"] == 0
     assert summary["top_errors"]["HTTP Error 404: Not Found"] == 4
     assert summary["tar_bytes"] == sum(os.path.getsize(s.tar_uri) for s in shards) > 0
-    assert summary["images_per_s"] == 36 / local_run.seconds
+    rate = 36 / local_run.seconds  # the summary's formula, not a timing bound
+    assert summary["images_per_s"] == rate
     assert not os.path.exists(f"{local_run.shards_uri}/_tmp")
 
 

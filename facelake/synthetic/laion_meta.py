@@ -18,22 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from facelake.laion.formats import LAION400M_META_SCHEMA, META_PART_TEMPLATE
 from facelake.storage import Storage, is_remote
 
-META_PART_TEMPLATE = "part-{i:05d}-5b54c5d5-bbcf-484d-a2ce-0d6f73df1a36-c000.snappy.parquet"
-
-META_SCHEMA = pa.schema(
-    [
-        ("SAMPLE_ID", pa.int64()),
-        ("URL", pa.string()),
-        ("TEXT", pa.string()),
-        ("HEIGHT", pa.int64()),
-        ("WIDTH", pa.int64()),
-        ("LICENSE", pa.string()),
-        ("NSFW", pa.string()),
-        ("similarity", pa.float64()),
-    ]
-)
+META_SCHEMA = LAION400M_META_SCHEMA
 
 # Each part's ids start here times the part index, so parts never share a SAMPLE_ID.
 PART_ID_STRIDE = 10**9
@@ -76,7 +64,7 @@ UrlFor = Callable[[int], str]
 
 def meta_part_name(i: int) -> str:
     """File name of laion400m-meta part ``i`` (the files' own numbering)."""
-    return META_PART_TEMPLATE.format(i=i)
+    return META_PART_TEMPLATE.format(part=i)
 
 
 def _random_strings(rng: np.random.Generator, lengths: np.ndarray) -> pa.StringArray:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from facelake.settings import META_PART_TEMPLATE
+from facelake.laion.formats import META_PART_TEMPLATE
 from facelake.synthetic.face_photos import FaceCrop, varied_crops
 from facelake.synthetic.image_server import ImageServer
 from facelake.synthetic.laion_meta import sample_ids_for, write_meta_part

@@ -25,12 +25,12 @@ from dagster import (
 )
 
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
-from facelake.commit import Attempt, CommitOutcome, PartitionArtifact, Written, materialize_partition
+from facelake.commit import PartitionArtifact
 from facelake.detection_compare import compare_detections
 from facelake.face_stages import StageCounter, detect_shard, embed_shard
 from facelake.laion.part_download import read_parquet
 from facelake.models.registry import detector_model
-from facelake.shard_stage import read_stage_table, run_shard_stage
+from facelake.shard_stage import commit_shard_stage, read_stage_table
 from facelake.storage import Storage
 from facelake.webdataset_reader import part_image_shards
 from resources import StorageResource
@@ -103,18 +103,19 @@ def detected_faces_asset(
             f"{detector.name} on {detector.device} over {len(shards)} shard(s) of {images}[{part}]"
         )
 
-        outcome = _commit_shards(
-            context,
+        outcome = commit_shard_stage(
             out_artifact(lake, part),
             {**stage_config, "images": source_manifest.content_hash},
             version,
+            owner(context),
             shards,
             lambda i: detect_shard(
                 lake, shards[i], detector, config.batch_size, config.decode_threads, counter
             ),
             stage_config,
-            config.force,
-            {"detector": stage_config},
+            force=config.force,
+            extra={"detector": stage_config},
+            log=context.log.info,
         )
         extra = outcome.manifest.extra
         metadata = _stage_metadata(
@@ -206,16 +207,17 @@ def face_embeddings_asset(
         stage_config = {**profile.provenance(), "faces": faces_manifest.content_hash}
         counter = StageCounter()
 
-        outcome = _commit_shards(
-            context,
+        outcome = commit_shard_stage(
             out_artifact(lake, part),
             stage_config,
             version,
+            owner(context),
             shards,
             lambda i: embed_shard(lake, shards[i], faces, embedder, config.batch_size, counter),
             stage_config,
-            config.force,
-            {"embedder": profile.provenance()},
+            force=config.force,
+            extra={"embedder": profile.provenance()},
+            log=context.log.info,
         )
         metadata = _stage_metadata(
             counter,
@@ -229,35 +231,6 @@ def face_embeddings_asset(
         return materialize_result(context, out_artifact(lake, part), outcome, metadata)
 
     return _embeddings
-
-
-def _commit_shards(
-    context: AssetExecutionContext,
-    artifact: PartitionArtifact,
-    run_config: dict,
-    version: str,
-    shards: dict,
-    process: Callable[[int], pa.Table],
-    stage_config: dict,
-    force: bool,
-    extra: dict,
-) -> CommitOutcome:
-    """Run ``process`` per input shard (resuming committed shards) and commit the partition manifest-last."""
-
-    def write(attempt: Attempt) -> Written:
-        result = run_shard_stage(
-            attempt,
-            sorted(shards),
-            process,
-            config=stage_config,
-            fingerprint=lambda i: shards[i].fingerprint,
-            log=context.log.info,
-        )
-        return result.written(extra={**result.stats(), **extra})
-
-    return materialize_partition(
-        artifact, run_config, version, owner(context), write, force=force, keep=("shards/",)
-    )
 
 
 def _ints(extra: dict) -> dict:

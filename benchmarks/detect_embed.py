@@ -153,13 +153,12 @@ def run_ours(case: Path) -> dict[str, Any]:
     """The two asset bodies, in-process, over the part; model loading and warm-up before the clock."""
     import pyarrow.compute as pc
 
-    from facelake.commit import Attempt, Written, materialize_partition
     from facelake.face_stages import detect_shard, embed_shard
     from facelake.identity import table_embeddings
     from facelake.laion import artifacts
     from facelake.models.registry import ModelRegistry, detector_model
     from facelake.settings import load_settings
-    from facelake.shard_stage import read_stage_table, run_shard_stage
+    from facelake.shard_stage import commit_shard_stage, read_stage_table
     from facelake.webdataset_reader import part_image_shards
 
     settings = load_settings()
@@ -184,19 +183,15 @@ def run_ours(case: Path) -> dict[str, Any]:
         weights = registry.describe(detector_model(models.detector_backbone))
         stage_config = {**detector.config(), "weights_sha256": weights["sha256"]}
 
-        def write(attempt: Attempt) -> Written:
-            result = run_shard_stage(
-                attempt,
-                sorted(shards),
-                lambda i: detect_shard(lake, shards[i], detector, BATCH_SIZE, DECODE_THREADS),
-                config=stage_config,
-                fingerprint=lambda i: shards[i].fingerprint,
-            )
-            return result.written(extra={**result.stats(), "detector": stage_config})
-
-        run_config = {**stage_config, "images": source_manifest.content_hash}
-        materialize_partition(
-            artifacts.detected(lake, PART), run_config, CODE_VERSION, OWNER, write, keep=("shards/",)
+        commit_shard_stage(
+            artifacts.detected(lake, PART),
+            {**stage_config, "images": source_manifest.content_hash},
+            CODE_VERSION,
+            OWNER,
+            shards,
+            lambda i: detect_shard(lake, shards[i], detector, BATCH_SIZE, DECODE_THREADS),
+            stage_config,
+            extra={"detector": stage_config},
         )
 
     def embed_part() -> None:  # laion_face_embeddings' body
@@ -206,18 +201,15 @@ def run_ours(case: Path) -> dict[str, Any]:
         faces = read_stage_table(lake, faces_artifact)
         stage_config = {**embedder.profile.provenance(), "faces": faces_manifest.content_hash}
 
-        def write(attempt: Attempt) -> Written:
-            result = run_shard_stage(
-                attempt,
-                sorted(shards),
-                lambda i: embed_shard(lake, shards[i], faces, embedder, BATCH_SIZE),
-                config=stage_config,
-                fingerprint=lambda i: shards[i].fingerprint,
-            )
-            return result.written(extra={**result.stats(), "embedder": embedder.profile.provenance()})
-
-        materialize_partition(
-            artifacts.embeddings(lake, PART), stage_config, CODE_VERSION, OWNER, write, keep=("shards/",)
+        commit_shard_stage(
+            artifacts.embeddings(lake, PART),
+            stage_config,
+            CODE_VERSION,
+            OWNER,
+            shards,
+            lambda i: embed_shard(lake, shards[i], faces, embedder, BATCH_SIZE),
+            stage_config,
+            extra={"embedder": embedder.profile.provenance()},
         )
 
     detect_seconds = timed(detect_part)

@@ -29,7 +29,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from facelake.commit import Attempt, FileEntry, PartitionArtifact, Written, utcnow
+from facelake.commit import (
+    Attempt,
+    CommitOutcome,
+    FileEntry,
+    PartitionArtifact,
+    Written,
+    materialize_partition,
+    utcnow,
+)
 from facelake.errors import InputError
 from facelake.hashing import config_hash
 from facelake.storage import Storage
@@ -221,3 +229,37 @@ def read_stage_table(
         return pa.concat_tables(tables, promote_options="default")
     except pa.ArrowInvalid as exc:
         raise InputError(artifact.prefix, f"stage shards have different schemas: {exc}") from exc
+
+
+def commit_shard_stage(
+    artifact: PartitionArtifact,
+    run_config: dict[str, Any],
+    code_version: str,
+    owner: str,
+    shards: dict[int, Any],
+    process: Callable[[int], pa.Table],
+    stage_config: dict[str, Any],
+    *,
+    force: bool = False,
+    extra: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> CommitOutcome:
+    """Run ``process`` per input shard (committed shards are reused) and commit the partition manifest-last.
+
+    ``shards`` maps shard id to an input shard with a ``fingerprint`` (e.g. a webdataset ``ImageShard``).
+    """
+
+    def write(attempt: Attempt) -> Written:
+        result = run_shard_stage(
+            attempt,
+            sorted(shards),
+            process,
+            config=stage_config,
+            fingerprint=lambda i: shards[i].fingerprint,
+            log=log,
+        )
+        return result.written(extra={**result.stats(), **(extra or {})})
+
+    return materialize_partition(
+        artifact, run_config, code_version, owner, write, force=force, keep=("shards/",)
+    )

@@ -6,12 +6,10 @@ from dagster import AssetSelection, define_asset_job
 
 from assets.laion import LAION_GLOBAL_ASSETS, LAION_PART_ASSETS
 from assets.laion_faces import LAION_FACE_MODEL_ASSETS
-from dagster_project.partitions import laion_parts
 
 laion_face_part_job = define_asset_job(
     "laion_face_part_job",
     selection=AssetSelection.assets(*LAION_PART_ASSETS),
-    partitions_def=laion_parts,
     description="One LAION-Face part end to end: filtered metadata, img2dataset download, released detections. "
     "Backfill the 20M subset with parts 0,2,5,8,13,15,17,18,21,22,24,25,28 (see laion_face_20m_schedule).",
 )
@@ -31,7 +29,6 @@ laion_face_report_job = define_asset_job(
 laion_face_faces_job = define_asset_job(
     "laion_face_faces_job",
     selection=AssetSelection.assets(*LAION_FACE_MODEL_ASSETS),
-    partitions_def=laion_parts,
     description="Our own RetinaFace detections and identity embeddings of one downloaded part (GPU steps: "
     "pool 'gpu', celery queue 'gpu'), with the agreement check against the released detections.",
 )

@@ -16,6 +16,7 @@ bfloat16 is faster again), so the choice is a measurement, not a guess.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -83,6 +84,21 @@ def _backend(name: str, device: str) -> GramBackend:
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@contextlib.contextmanager
+def strict_matmul() -> Iterator[None]:
+    """Within the block, matmuls honour :meth:`GramBackend.error_bound`: float32 in full precision (no
+    TF32/bf16 passes) and bfloat16 products reduced in float32 on CUDA; the previous settings come back after."""
+    precision = torch.get_float32_matmul_precision()
+    reduced = torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = reduced
 
 
 def candidate_backends(device: str) -> list[GramBackend]:

@@ -7,6 +7,7 @@ Example: ``FACELAKE_ROOT=s3://bucket/lake FACELAKE_S3__ENDPOINT_URL=http://127.0
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -88,6 +89,105 @@ class ModelSettings(BaseModel):
     torch_threads: int = Field(0, ge=0, description="torch CPU threads on CPU workers (0: torch default)")
 
 
+class HyperfaceGallerySettings(BaseModel):
+    """Where HyperFace's gallery embeddings come from: ONE embedding space (checked by provenance).
+
+    ``table``: parquet files (local or ``s3://``; ``{sources}`` expands) with an ``embedding`` column and the
+    embedder provenance columns of ``facelake.identity``. ``laion_face_embeddings``: that asset's committed
+    parts (``parts``; empty = every committed part). The paper's gallery is SFHQ part 3 (StyleGAN2 faces)
+    embedded with the same model as the packing space."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["table", "laion_face_embeddings"] = "laion_face_embeddings"
+    uris: list[str] = Field(default_factory=list, description="table: parquet embedding tables")
+    parts: list[str] = Field(default_factory=list, description="laion_face_embeddings: parts (empty = all)")
+    max_rows: int | None = Field(None, ge=1, description="seeded sample of the gallery when it is larger")
+    seed: int = 0
+
+
+class HyperfaceVariant(BaseModel):
+    """One named packing run (a partition key): N identities in the gallery's space (d from the gallery).
+
+    ``packing`` passes further ``facelake.packing.PackingConfig`` fields (learning_rate, lr_decay,
+    gallery_sample, against_all, screen, checkpoint_every, ...) through unchanged."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    identities: int = Field(ge=2)
+    alpha: float = Field(0.5, ge=0.0)
+    algorithm: Literal["full", "stochastic"] = "stochastic"
+    optimizer: Literal["adam", "fast"] = "adam"
+    iterations: int = Field(ge=1, description="full: Adam steps; stochastic: epochs")
+    batch_size: int = Field(1000, ge=1)
+    seed: int = 0
+    init: Literal["gallery", "random"] = "gallery"
+    min_angle_deg: float = Field(
+        20.0, ge=0.0, le=180.0, description="asset check: the packed minimum pairwise angle must reach this"
+    )
+    packing: dict[str, Any] = Field(default_factory=dict)
+
+
+def _default_hyperface_variants() -> dict[str, HyperfaceVariant]:
+    return {
+        "demo": HyperfaceVariant(identities=1_000, algorithm="full", iterations=200),
+        "10k": HyperfaceVariant(identities=10_000, algorithm="full", iterations=2_000),
+        "50k": HyperfaceVariant(identities=50_000, algorithm="stochastic", iterations=20, batch_size=1_000),
+    }
+
+
+class HyperfaceSettings(BaseModel):
+    """HyperFace reference embeddings: the gallery, the named variants (partition keys), the output shards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gallery: HyperfaceGallerySettings = Field(default_factory=HyperfaceGallerySettings)
+    variants: dict[str, HyperfaceVariant] = Field(default_factory=_default_hyperface_variants)
+    shard_size: int = Field(1_000, ge=1, description="identities per output shard (the generation unit)")
+    lease_ttl_s: float = Field(900.0, gt=0)
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, value: dict[str, HyperfaceVariant]) -> dict[str, HyperfaceVariant]:
+        if not value:
+            raise ValueError("at least one variant is needed")
+        bad = [name for name in value if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name)]
+        if bad:
+            raise ValueError(f"variant names {bad} must be partition keys: letters, digits, '_', '.', '-'")
+        return value
+
+
+class ClusteringSettings(BaseModel):
+    """Identity clusters (DBSCAN, cosine distance; see ``facelake.identity_clusters``) and the CelebA-HQ source.
+
+    eps comes from the embedder's profile (its same-identity cosine distance: ArcFace 0.35 as on the
+    celebahq_512_id_clusters card, dlib 0.092), from the valley of the nearest-neighbour cosine histogram
+    (``1 - valley``), or is fixed; the choice is recorded in every output."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    celebahq_uri: str = Field(
+        "{sources}/celeba-hq",
+        description="folder of the jxie/celeba-hq parquet export (image struct<bytes, path>); {sources} expands",
+    )
+    eps_source: Literal["profile", "valley", "fixed"] = "profile"
+    eps: float = Field(
+        0.35, gt=0.0, le=2.0, description="DBSCAN eps (cosine distance) when eps_source is fixed"
+    )
+    min_samples: int = Field(2, ge=1)
+    screen: Literal["auto", "numpy-float32", "torch-float32", "torch-bfloat16"] = Field(
+        "auto", description="Gram screening precision (facelake.gram); labels are exact whatever it is"
+    )
+    block: int | None = Field(None, ge=1, description="Gram block edge (default: 2048 CPU, 8192 CUDA)")
+    min_centroid_cosine: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="asset check bound on each member's cosine to its centroid (None: 1 - eps)",
+    )
+    face_batch_size: int = Field(16, ge=1, description="CelebA-HQ images per detection/embedding batch")
+
+
 class FacelakeSettings(BaseSettings):
     """All settings of one facelake deployment."""
 
@@ -100,6 +200,8 @@ class FacelakeSettings(BaseSettings):
     download: DownloadSettings = Field(default_factory=DownloadSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     models: ModelSettings = Field(default_factory=ModelSettings)
+    clustering: ClusteringSettings = Field(default_factory=ClusteringSettings)
+    hyperface: HyperfaceSettings = Field(default_factory=HyperfaceSettings)
 
     @field_validator("root", "sources")
     @classmethod

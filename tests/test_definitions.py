@@ -21,12 +21,20 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "laion_face_embeddings",
         "laion400m_meta",
         "laion_sample2detect",
+        "hyperface_gallery",
+        "hyperface_reference_embeddings",
+        "celebahq_images",
+        "celebahq_face_embeddings",
+        "celebahq_identity_clusters",
+        "laion_face_identity_clusters",
     }
     assert {j.name for j in defs.jobs} == {
         "laion_face_part_job",
         "laion_face_inputs_job",
         "laion_face_report_job",
         "laion_face_faces_job",
+        "hyperface_reference_job",
+        "celebahq_identity_job",
     }
     assert [s.name for s in defs.schedules] == ["laion_face_20m_schedule"]
     for key in PART_ASSETS:
@@ -38,7 +46,12 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         AssetKey("laion_face_ids"),
     }
     checks = {c.name for c in defs.resolve_asset_graph().asset_check_keys}
-    assert checks == {"success_rate", "agrees_with_released_detections"}
+    assert checks == {
+        "success_rate",
+        "agrees_with_released_detections",
+        "min_angle_reaches_bound",
+        "members_near_centroid",
+    }
 
 
 def test_schedule_subset_follows_settings():

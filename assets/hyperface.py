@@ -1,0 +1,221 @@
+"""HyperFace (DESIGN §1, §5): the gallery of face embeddings, and the reference embeddings packed on the
+hypersphere for each named variant (static partition keys from the settings).
+
+``hyperface_gallery`` assembles ONE embedding space from a configured parquet table or the committed
+``laion_face_embeddings`` parts (the paper's gallery, SFHQ part 3 StyleGAN2 faces, plugs in the same way
+once ingested). ``hyperface_reference_embeddings`` packs a variant's N identities against it on the GPU
+pool (DESIGN §4), checkpointing outside its partition so a killed run resumes, and commits identity shards
+manifest-last with the metrics, a convergence plot and a blocking check on the minimum angle.
+"""
+
+# No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
+
+import time
+
+import torch
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetKey,
+    AssetsDefinition,
+    MaterializeResult,
+    MetadataValue,
+    StaticPartitionsDefinition,
+    asset,
+)
+
+from assets.faces import gpu_asset
+from assets.materializing import CommitConfig, code_version, materialize_result, owner
+from facelake.commit import Manifest
+from facelake.errors import UnknownPartitionError
+from facelake.hyperface import (
+    PLOT_FILE,
+    RANDOM_WEIGHTS_WARNING,
+    commit_gallery,
+    commit_reference_embeddings,
+    committed_uri,
+    configured_sources,
+    gallery_artifact,
+    png_markdown,
+    profile_of,
+    reference_artifact,
+    validate_variants,
+)
+from facelake.laion import artifacts as laion_artifacts
+from facelake.settings import LAION_PARTS, FacelakeSettings
+from resources import StorageResource
+
+GROUP = "hyperface"
+GALLERY = "hyperface_gallery"
+REFERENCE = "hyperface_reference_embeddings"
+HYPERFACE_REFERENCE_ASSETS = [AssetKey(REFERENCE)]
+MIN_ANGLE_CHECK = "min_angle_reaches_bound"
+PROGRESS_LOG_INTERVAL_S = 15.0
+
+
+def hyperface_variants(settings: FacelakeSettings) -> StaticPartitionsDefinition:
+    """The variant names of the settings as static partition keys (e.g. ``demo``, ``10k``, ``50k``)."""
+    return StaticPartitionsDefinition(list(settings.hyperface.variants))
+
+
+def hyperface_assets(settings: FacelakeSettings) -> list[AssetsDefinition]:
+    """The gallery and the per-variant reference embeddings (with their min-angle check) for ``settings``."""
+    return [gallery_asset(settings), reference_embeddings_asset(settings)]
+
+
+def gallery_asset(settings: FacelakeSettings) -> AssetsDefinition:
+    gallery_settings = settings.hyperface.gallery
+    from_laion = gallery_settings.source == "laion_face_embeddings"
+    version = code_version("1", gallery_settings.model_dump())
+
+    @asset(
+        name=GALLERY,
+        group_name=GROUP,
+        deps=[AssetKey("laion_face_embeddings")] if from_laion else [],
+        code_version=version,
+        kinds={"parquet"},
+        description="Gallery face embeddings for HyperFace's regulariser and initialisation: unit vectors of ONE "
+        f"embedding space (refused otherwise), from {gallery_settings.source}. The paper uses SFHQ part 3 "
+        "(StyleGAN2 faces) embedded with the packing space's model.",
+    )
+    def _gallery(
+        context: AssetExecutionContext, config: CommitConfig, storage: StorageResource
+    ) -> MaterializeResult:
+        lake = storage.get()
+        sources = configured_sources(
+            lake,
+            gallery_settings,
+            expand=lambda uri: settings.source_uri(uri),
+            laion_embeddings=laion_artifacts.embeddings,
+            laion_parts=LAION_PARTS,
+        )
+        context.log.info(f"gallery from {len(sources)} source(s): {[s.name for s in sources]}")
+        artifact = gallery_artifact(lake)
+        outcome = commit_gallery(lake, sources, gallery_settings, version, owner(context), force=config.force)
+        space = outcome.manifest.extra["space"]
+        metadata = {
+            "sources": [s.name for s in sources],
+            "dimension": outcome.manifest.extra["dimension"],
+            "embedder": profile_of(space).describe(),
+            "embedder_random_init": bool(space["embedder_random_init"]),
+        }
+        if space["embedder_random_init"]:
+            context.log.warning(RANDOM_WEIGHTS_WARNING)
+            metadata["warning"] = RANDOM_WEIGHTS_WARNING
+        return materialize_result(context, artifact, outcome, metadata)
+
+    return _gallery
+
+
+def reference_embeddings_asset(settings: FacelakeSettings) -> AssetsDefinition:
+    hyperface = settings.hyperface
+    validate_variants(hyperface.variants)
+    version = code_version("1", {"shard_size": hyperface.shard_size})
+    variants = hyperface_variants(settings)
+
+    @gpu_asset(
+        name=REFERENCE,
+        group_name=GROUP,
+        partitions_def=variants,
+        deps=[AssetKey(GALLERY)],
+        code_version=version,
+        check_specs=[
+            AssetCheckSpec(
+                MIN_ANGLE_CHECK,
+                asset=REFERENCE,
+                blocking=True,
+                description="The packed minimum pairwise angle reaches the variant's min_angle_deg (settings).",
+            )
+        ],
+        description="HyperFace reference embeddings of one variant (N identities packed on the unit sphere of "
+        "the gallery's embedding space, regularised toward the gallery): identity shards "
+        f"identities-NNNNN.parquet of {hyperface.shard_size} identities with stable ids {{variant}}-NNNNNNN, "
+        "the embedder provenance, a convergence plot and packing.json.",
+    )
+    def _reference(
+        context: AssetExecutionContext, config: CommitConfig, storage: StorageResource
+    ) -> MaterializeResult:
+        lake, name = storage.get(), context.partition_key
+        if name not in hyperface.variants:
+            raise UnknownPartitionError(
+                name, f"a variant of hyperface.variants: {sorted(hyperface.variants)}"
+            )
+        variant = hyperface.variants[name]
+        _limit_cpu_threads(settings)
+        space = gallery_artifact(lake).require_manifest().extra["space"]
+        context.log.info(
+            f"variant {name}: {variant.identities} identities, {variant.algorithm}/{variant.optimizer}, "
+            f"{variant.iterations} iterations, in the space of {profile_of(space).describe()}"
+        )
+        if space["embedder_random_init"]:
+            context.log.warning(RANDOM_WEIGHTS_WARNING)
+        outcome, _ = commit_reference_embeddings(
+            lake,
+            name,
+            variant,
+            shard_size=hyperface.shard_size,
+            code_version=version,
+            owner=owner(context),
+            force=config.force,
+            lease_ttl_s=hyperface.lease_ttl_s,
+            progress=_progress_logger(context),
+        )
+        artifact = reference_artifact(lake, name)
+        metadata = _reference_metadata(outcome.manifest)
+        plot_uri = committed_uri(artifact, PLOT_FILE, outcome.manifest)
+        metadata["convergence_plot"] = MetadataValue.md(png_markdown(lake.read_bytes(plot_uri)))
+        metadata["convergence_plot_uri"] = plot_uri
+        check = _min_angle_check(outcome.manifest, variant.min_angle_deg)
+        return materialize_result(context, artifact, outcome, metadata, check_results=[check])
+
+    return _reference
+
+
+def _reference_metadata(manifest: Manifest) -> dict:
+    """The packing report committed in the manifest's extra, flattened for the UI."""
+    report = dict(manifest.extra)
+    metrics = report.pop("metrics", {})
+    metadata = {**report, **metrics}
+    if metadata.get("resumed_at_step") is None:
+        metadata["resumed_at_step"] = -1  # not resumed
+    if report.get("embedder_random_init"):
+        metadata["warning"] = RANDOM_WEIGHTS_WARNING
+    return metadata
+
+
+def _min_angle_check(manifest: Manifest, bound: float) -> AssetCheckResult:
+    metrics = manifest.extra.get("metrics", {})
+    angle = float(metrics.get("min_angle_deg", float("nan")))
+    return AssetCheckResult(
+        check_name=MIN_ANGLE_CHECK,
+        passed=bool(angle >= bound),
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "min_angle_deg": angle,
+            "bound_deg": float(bound),
+            "initial_min_angle_deg": float(metrics.get("initial_min_angle_deg", float("nan"))),
+        },
+    )
+
+
+def _progress_logger(context: AssetExecutionContext):
+    """A packer progress callback that logs at most every PROGRESS_LOG_INTERVAL_S seconds."""
+    last = [0.0]
+
+    def log(record: dict) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_LOG_INTERVAL_S:
+            last[0] = now
+            shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()}
+            context.log.info(f"packing: {shown}")
+
+    return log
+
+
+def _limit_cpu_threads(settings: FacelakeSettings) -> None:
+    """On a CPU worker, cap torch's threads as the face stages do (``models.torch_threads``, 0 = default)."""
+    threads = settings.models.torch_threads
+    if threads > 0 and not torch.cuda.is_available():
+        torch.set_num_threads(threads)

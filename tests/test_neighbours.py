@@ -1,0 +1,103 @@
+"""nearest_neighbours / nearest_in equal brute force (float64 products of the float32 vectors; ties → smallest j)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facelake.neighbours import nearest_in, nearest_neighbours, unit_rows
+
+SCREENS = ("numpy-float32", "torch-float32", "torch-bfloat16")
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _brute(x: np.ndarray, base: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Arg-max (first = smallest index on ties) and max of the exact dots; the diagonal excluded for self."""
+    gram = x.astype(np.float64) @ (x if base is None else base).astype(np.float64).T
+    if base is None:
+        np.fill_diagonal(gram, -np.inf)
+    return gram.argmax(1), gram.max(1).astype(np.float32)
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+@pytest.mark.parametrize(("n", "d", "block"), [(300, 8, 64), (513, 32, 100), (700, 128, 1024), (257, 3, 16)])
+def test_equals_brute_force(screen: str, n: int, d: int, block: int) -> None:
+    x = _unit(np.random.default_rng(n + d), n, d)
+    index, cosine = _brute(x)
+    got = nearest_neighbours(x, screen=screen, block=block, device="cpu")
+    np.testing.assert_array_equal(got.index, index)
+    np.testing.assert_array_equal(got.cosine, cosine)
+    assert got.index.dtype == np.int64 and got.cosine.dtype == np.float32
+    # agrees with a plain float32 numpy brute force wherever that one is unambiguous
+    gram32 = x @ x.T
+    np.fill_diagonal(gram32, -np.inf)
+    top2 = np.sort(gram32, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 1e-5
+    np.testing.assert_array_equal(got.index[clear], gram32.argmax(1)[clear])
+    np.testing.assert_allclose(got.cosine, gram32.max(1), atol=2e-6)
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_duplicates_and_ties_pick_smallest_index(screen: str) -> None:
+    rng = np.random.default_rng(1)
+    x = _unit(rng, 200, 16)
+    x[[7, 50, 120]] = x[90]  # four identical rows: each one's neighbour is the smallest other copy
+    eye = np.eye(16, dtype=np.float32)
+    x[150:166] = eye  # an orthonormal set: exact ties at cosine 0 unless a random row is closer
+    x[166] = eye[0]  # a copy of row 150
+    index, cosine = _brute(x)
+    got = nearest_neighbours(x, screen=screen, block=37, device="cpu")
+    np.testing.assert_array_equal(got.index, index)
+    np.testing.assert_array_equal(got.cosine, cosine)
+    assert got.index[90] == 7 and got.index[7] == 50 and got.index[50] == 7
+    assert got.index[150] == 166 and got.index[166] == 150 and got.cosine[150] == 1.0
+
+
+def test_all_identical_rows_tie_to_smallest_other() -> None:
+    x = np.tile(_unit(np.random.default_rng(2), 1, 12), (9, 1))
+    got = nearest_neighbours(x, block=4, device="cpu")
+    np.testing.assert_array_equal(got.index, [1, 0, 0, 0, 0, 0, 0, 0, 0])
+
+
+def test_lattice_ties() -> None:
+    """Points of a cube's vertices: many exactly equal cosines; smallest index wins."""
+    corners = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], dtype=np.float32)
+    x = unit_rows(corners)
+    index, _ = _brute(x)
+    got = nearest_neighbours(x, screen="torch-bfloat16", block=3, device="cpu")
+    np.testing.assert_array_equal(got.index, index)
+
+
+@pytest.mark.parametrize("screen", SCREENS)
+def test_nearest_in_equals_brute_force(screen: str) -> None:
+    rng = np.random.default_rng(3)
+    queries, base = _unit(rng, 333, 24), _unit(rng, 451, 24)
+    base[200] = base[10]  # tie → 10
+    queries[5] = base[200]
+    index, cosine = _brute(queries, base)
+    got = nearest_in(queries, base, screen=screen, block=64, device="cpu")
+    np.testing.assert_array_equal(got.index, index)
+    np.testing.assert_array_equal(got.cosine, cosine)
+    assert got.index[5] == 10
+
+
+def test_unnormalised_input_is_normalised_and_bad_input_named() -> None:
+    x = _unit(np.random.default_rng(4), 50, 6)
+    scaled = x * np.linspace(0.5, 3.0, 50, dtype=np.float32)[:, None]
+    np.testing.assert_array_equal(nearest_neighbours(scaled).index, _brute(x)[0])
+    with pytest.raises(ValueError, match="zero length"):
+        nearest_neighbours(np.vstack([x, np.zeros((1, 6), np.float32)]))
+    with pytest.raises(ValueError, match="NaN"):
+        nearest_neighbours(np.full((3, 4), np.nan, np.float32))
+    with pytest.raises(ValueError, match="2-D"):
+        nearest_neighbours(np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="at least 2"):
+        nearest_neighbours(x[:1])
+    with pytest.raises(ValueError, match="dimension"):
+        nearest_in(x, _unit(np.random.default_rng(5), 4, 7))
+    with pytest.raises(ValueError, match="unknown Gram screen"):
+        nearest_neighbours(x, screen="float16")

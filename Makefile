@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-demo: install  ## build the offline LAION-Face world and materialize part 00000 end to end
+demo: install  ## the offline LAION-Face world, part 00000 end to end, CelebA-HQ clusters, HyperFace demo variant
 	$(BIN)/python -m dagster_project.demo
 
 dev: install  ## the Dagster UI on the demo instance

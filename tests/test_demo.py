@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from dagster import AssetKey, DagsterInstance
+from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
 from dagster_project.demo import main
+from facelake import celebahq, hyperface
+from facelake.storage import Storage
+from facelake.synthetic.celebahq_photos import NO_FACE, PEOPLE, person_copies
+from facelake.synthetic.world import DEMO_HYPERFACE_SHARD_SIZE, DEMO_HYPERFACE_VARIANT
 from tests.conftest import free_port
+
+
+def committed_tables(lake: Storage, artifact, folder: str) -> pa.Table:
+    """The committed parquet files of ``artifact`` under ``folder`` (e.g. ``data/``), in order."""
+    uris = sorted(u for u in artifact.file_uris(suffix=".parquet") if f"/{folder}" in u)
+    assert uris, f"no committed {folder} files under {artifact.prefix}"
+    tables = []
+    for uri in uris:
+        with lake.open(uri) as handle:
+            tables.append(pq.read_table(handle))
+    return pa.concat_tables(tables)
 
 
 @pytest.mark.slow
@@ -18,10 +35,48 @@ def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path, monke
     printed = capsys.readouterr().out
     assert "success=142, failed_to_download=9, failed_to_resize=4, opted_out=5" in printed
     assert "our detections   : 142 faces" in printed
+    copies = len(person_copies(PEOPLE[0]))
+    images = 2 * copies + 1
+    assert (
+        f"CelebA-HQ images : {images} in " in printed and f"({2 * copies} with a face, 1 without)" in printed
+    )
+    assert "identities       : 2 (2 clusters, 0 singletons)" in printed
+    assert "eps              : 0.092 (eps_source profile, used profile" in printed
+    identities = DEMO_HYPERFACE_VARIANT["identities"]
+    assert f"HyperFace        : variant demo: N={identities}, d=128, gallery 142 faces" in printed
+    assert "check            : min_angle_reaches_bound passed" in printed
+    assert "trained weights" in printed and "RANDOM" not in printed, "dlib's weights are real"
+
+    lake = Storage(str(tmp_path / "demo" / "lake"))
+    clusters = committed_tables(lake, celebahq.clusters_artifact(lake), "data/")
+    assert clusters.column_names == ["image", "file_name", "cluster_id", "cluster_size"]
+    cluster_of = dict(zip(clusters["file_name"].to_pylist(), clusters["cluster_id"].to_pylist(), strict=True))
+    assert NO_FACE not in cluster_of and len(cluster_of) == 2 * copies
+    ids = {who: {cluster_of[f"{who}_{tag}.jpg"] for tag, _ in person_copies(who)} for who in PEOPLE}
+    assert all(len(shared) == 1 for shared in ids.values()), f"one person split over identities: {ids}"
+    assert ids["astronaut"] != ids["grace_hopper"], "the two people share an identity"
+
+    reference = hyperface.reference_artifact(lake, "demo")
+    shards = hyperface.reference_shard_ids(reference)
+    assert shards == list(range(-(-identities // DEMO_HYPERFACE_SHARD_SIZE)))
+    table = hyperface.read_reference_embeddings(lake, reference)
+    assert table["identity_id"].to_pylist() == [f"demo-{i:07d}" for i in range(identities)]
+    assert table["embedder_random_init"].to_pylist() == [False] * identities
+    assert hyperface.gallery_artifact(lake).require_manifest().rows == 142
+
     home = tmp_path / "demo" / "dagster_home"
     assert (home / "dagster.yaml").is_file()
     with DagsterInstance.from_config(str(home)) as instance:
         for key in ("laion_face_meta", "laion_face_images", "laion_face_detections", "laion_face_detected"):
             event = instance.get_latest_materialization_event(AssetKey(key))
             assert event is not None and event.asset_materialization.partition == "00000"
-        assert instance.get_latest_materialization_event(AssetKey("laion_face_report")) is not None
+        for key in ("laion_face_report", "celebahq_identity_clusters", "hyperface_gallery"):
+            assert instance.get_latest_materialization_event(AssetKey(key)) is not None, key
+        event = instance.get_latest_materialization_event(AssetKey("hyperface_reference_embeddings"))
+        assert event is not None and event.asset_materialization.partition == "demo"
+        for asset, check in (
+            ("hyperface_reference_embeddings", "min_angle_reaches_bound"),
+            ("celebahq_identity_clusters", "members_near_centroid"),
+        ):
+            record = instance.get_latest_asset_check_evaluation_record(AssetCheckKey(AssetKey(asset), check))
+            assert record is not None and record.event.dagster_event.event_specific_data.passed is True

@@ -1,10 +1,10 @@
 """Identity clusters as Dagster assets: the CelebA-HQ chain end to end (in-process and through the CLI) on
 offline photos of two people, the factory on a partitioned embedding asset against scikit-learn, and bad input.
 
-The CelebA-HQ source is the fixture of tests/test_celebahq.py: eight augmented copies each of skimage's
-astronaut and matplotlib's grace_hopper.jpg, and one image without a face, in the jxie/celeba-hq parquet
-layout. Embeddings come from the model registry's defaults (RetinaFace mobilenet0.25 + dlib, offline), and eps
-from the dlib profile (facelake.identity_dlib), as the settings default to.
+The CelebA-HQ source is facelake.synthetic.celebahq_photos (the demo's too): eight augmented copies each of
+skimage's astronaut and matplotlib's grace_hopper.jpg, and one image without a face, in the jxie/celeba-hq
+parquet layout. Embeddings come from the model registry's defaults (RetinaFace mobilenet0.25 + dlib,
+offline), and eps from the dlib profile (facelake.identity_dlib), as the settings default to.
 """
 
 # No "from __future__ import annotations": the toy asset below is read by Dagster at runtime.
@@ -40,6 +40,7 @@ from facelake.identity_dlib import SAME_IDENTITY_COSINE_DISTANCE as DLIB_EPS
 from facelake.laion.artifacts import committed_file
 from facelake.settings import ClusteringSettings, load_settings
 from facelake.storage import Storage
+from facelake.synthetic.celebahq_photos import NO_FACE, PEOPLE, CelebaSource, write_two_people_source
 from resources import StorageResource
 from tests.cli_helpers import (
     IN_PROCESS,
@@ -52,7 +53,6 @@ from tests.cli_helpers import (
     step_failure_text,
     world_definitions,
 )
-from tests.test_celebahq import NO_FACE, PEOPLE, CelebaSource, write_two_people_source
 
 CHAIN = ["celebahq_images", "celebahq_face_embeddings", "celebahq_identity_clusters"]
 CARD_COLUMNS = ["image", "file_name", "cluster_id", "cluster_size"]

@@ -4,7 +4,8 @@ One metadata part (``part-00000-….snappy.parquet``) whose face-id rows point a
 that serves real face photos (skimage's astronaut, matplotlib's Grace Hopper) and varied crops of them, plus
 the failure cases a real crawl meets (404, a non-image body, a slow answer, an ``X-Robots-Tag: noai`` opt-out);
 a ``laion_face_ids.pth`` (32 splits), a ``sample2detect_0.pth`` with numpy-1 pickles, an opt-out blocklist
-and a ``facelake.yaml`` that points the platform at all of it.
+and a ``facelake.yaml`` that points the platform at all of it (with a HyperFace ``demo`` variant small enough
+for a CPU).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import yaml
 
 from facelake.laion.formats import META_PART_TEMPLATE
+from facelake.settings import HyperfaceSettings
 from facelake.synthetic.face_photos import FaceCrop, varied_crops
 from facelake.synthetic.image_server import ImageServer
 from facelake.synthetic.laion_meta import sample_ids_for, write_meta_part
@@ -164,5 +166,22 @@ def write_config(
             **download,
         },
         "schedule": {"subset": "20m", "max_in_flight": 2},
+        "hyperface": demo_hyperface_config(),
     }
     world.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+DEMO_HYPERFACE_VARIANT = {"identities": 200, "algorithm": "full", "iterations": 100}
+"""The world's ``demo`` HyperFace variant: smaller than the library's (1,000 identities, 200 full-batch
+steps), which takes about a minute on a 2-core CPU; the other variants keep the library defaults."""
+DEMO_HYPERFACE_SHARD_SIZE = 100
+
+
+def demo_hyperface_config() -> dict:
+    """The world's ``hyperface`` settings: the default variants with a small ``demo``, shards of 100."""
+    variants = {
+        name: variant.model_dump(exclude_defaults=True)
+        for name, variant in HyperfaceSettings().variants.items()
+    }
+    variants["demo"] = dict(DEMO_HYPERFACE_VARIANT)
+    return {"variants": variants, "shard_size": DEMO_HYPERFACE_SHARD_SIZE}

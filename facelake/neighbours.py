@@ -65,13 +65,15 @@ def unit_rows(vectors: np.ndarray | torch.Tensor, name: str = "vectors") -> np.n
     return array
 
 
-def search_block(device: str, block: int | None) -> int:
-    """Rows per block: ``block`` if given (>= 1), else the device default."""
-    if block is None:
-        return DEFAULT_BLOCK.get(device.split(":")[0], DEFAULT_BLOCK["cpu"])
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
-    return int(block)
+def search_block(device: str, block: int | None, rows: int | None = None) -> int:
+    """Rows per block: ``block`` if given (>= 1), else the device default; for a self search of ``rows``
+    points at most a sixth of them (but >= 1024), so the upper triangle skips most of the lower half."""
+    if block is not None:
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        return int(block)
+    default = DEFAULT_BLOCK.get(device.split(":")[0], DEFAULT_BLOCK["cpu"])
+    return default if rows is None else min(default, max(1024, -(-rows // 6)))
 
 
 def screening_bound(backend: GramBackend, vectors: torch.Tensor) -> float:
@@ -178,10 +180,11 @@ def _float32_dots(left: np.ndarray, right: np.ndarray, rows: np.ndarray, cols: n
     return out
 
 
-def _resolve(
+def exact_nearest(
     left: torch.Tensor, right: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the candidate with the largest exact dot (ties → smallest column): index, float64 value.
+    """Per row of ``left``, the candidate ``right[cols]`` with the largest exact dot (ties → smallest
+    column), given candidate pairs (``rows``, ``cols``) covering all ``n`` rows: index, float64 value.
 
     On the CPU a float32 pass (proven bound ``_FLOAT32.error_bound``) first drops the candidates that
     cannot be the maximum; the rest are recomputed in float64.
@@ -235,6 +238,40 @@ def auto_backend(points: torch.Tensor, screen: str, device: str) -> GramBackend:
     return backend
 
 
+def blocked_topk(
+    queries: torch.Tensor,
+    base: torch.Tensor,
+    backend: GramBackend,
+    block: int,
+    k: int,
+    *,
+    exclude: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest screened values of ``queries @ base.T`` per row (both already prepared by the
+    backend), as float32 values and int64 indices [n, k], in blocks; ``exclude[i]``: a base row query ``i``
+    may not pick."""
+    n, m = queries.shape[0], base.shape[0]
+    if not 1 <= k <= m:
+        raise ValueError(f"k must lie in [1, {m}], got {k}")
+    values = torch.full((n, k), float("-inf"), device=queries.device)
+    index = torch.zeros((n, k), dtype=torch.int64, device=queries.device)
+    for i0 in range(0, n, block):
+        i1 = min(i0 + block, n)
+        for j0 in range(0, m, block):
+            j1 = min(j0 + block, m)
+            gram = screened_gram(backend, queries[i0:i1], base[j0:j1])
+            if exclude is not None:
+                mine = exclude[i0:i1]
+                inside = torch.nonzero((mine >= j0) & (mine < j1)).squeeze(1)
+                gram[inside, mine[inside] - j0] = float("-inf")
+            v, ix = gram.topk(min(k, j1 - j0), dim=1)
+            merged_v = torch.cat([values[i0:i1], v.float()], dim=1)
+            merged_i = torch.cat([index[i0:i1], ix + j0], dim=1)
+            top_v, where = merged_v.topk(k, dim=1)
+            values[i0:i1], index[i0:i1] = top_v, merged_i.gather(1, where)
+    return values, index
+
+
 def topk_search(
     points: torch.Tensor, backend: GramBackend, block: int, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -249,27 +286,13 @@ def topk_search(
     if k < 1:
         raise ValueError(f"need at least 2 vectors for a neighbour search, got {n}")
     screened = backend.prepare(points)
-    values = torch.full((n, k), float("-inf"), device=points.device)
-    index = torch.zeros((n, k), dtype=torch.int64, device=points.device)
-    for i0 in range(0, n, block):
-        i1 = min(i0 + block, n)
-        for j0 in range(0, n, block):
-            j1 = min(j0 + block, n)
-            gram = screened_gram(backend, screened[i0:i1], screened[j0:j1])
-            lo, hi = max(i0, j0), min(i1, j1)
-            if lo < hi:
-                own = torch.arange(lo, hi, device=points.device)
-                gram[own - i0, own - j0] = float("-inf")
-            v, ix = gram.topk(min(k, j1 - j0), dim=1)
-            merged_v = torch.cat([values[i0:i1], v.float()], dim=1)
-            merged_i = torch.cat([index[i0:i1], ix + j0], dim=1)
-            top_v, where = merged_v.topk(k, dim=1)
-            values[i0:i1], index[i0:i1] = top_v, merged_i.gather(1, where)
+    own = torch.arange(n, device=points.device)
+    values, index = blocked_topk(screened, screened, backend, block, k, exclude=own)
     rows = torch.arange(n, device=points.device).repeat_interleave(k)
     cols = index.reshape(-1)
     dots = exact_dots(points, points, rows, cols).float()
     crowded = values[:, -1] >= values[:, 0] - 2.0 * screening_bound(backend, points)
-    best_index, best = _resolve(points, points, rows, cols, n)
+    best_index, best = exact_nearest(points, points, rows, cols, n)
     if bool(crowded.any()):
         hard = torch.nonzero(crowded).squeeze(1)
         extra_index, extra = cross_search(points[hard], points, backend, block, exclude=hard)
@@ -311,7 +334,7 @@ def self_search(
     rows, cols = found.survivors()
     if stats is not None:
         stats["candidates"] = len(rows)
-    return _resolve(points, points, rows, cols, n)
+    return exact_nearest(points, points, rows, cols, n)
 
 
 def cross_search(
@@ -351,7 +374,7 @@ def cross_search(
     rows, cols = found.survivors()
     if stats is not None:
         stats["candidates"] = len(rows)
-    return _resolve(queries, base, rows, cols, n)
+    return exact_nearest(queries, base, rows, cols, n)
 
 
 def nearest_neighbours(
@@ -366,7 +389,7 @@ def nearest_neighbours(
     device = device or default_device()
     points = torch.from_numpy(unit).to(device)
     backend = auto_backend(points, screen, device)
-    index, value = self_search(points, backend, search_block(device, block))
+    index, value = self_search(points, backend, search_block(device, block, len(points)))
     return Neighbours(index=index.cpu().numpy(), cosine=value.cpu().numpy().astype(np.float32))
 
 

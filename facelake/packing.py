@@ -49,6 +49,7 @@ from facelake.packing_checkpoint import (
     array_text,
     text_array,
 )
+from facelake.packing_gallery import GalleryCache
 from facelake.packing_objective import normalise, tangent_gradient, unit_gradient
 
 __all__ = [
@@ -62,6 +63,8 @@ __all__ = [
     "packing_metrics",
 ]
 
+CACHE_MIN_GALLERY = 1024
+"""Below this many gallery rows a full scan is cheaper than gathering the cached candidates."""
 HISTORY_KEYS = ("step", "seconds", "loss", "min_angle_deg", "mean_nn_cosine")
 _RESUME_INDEPENDENT = {"checkpoint_every", "log_every"}
 
@@ -81,7 +84,12 @@ class PackingConfig(pydantic.BaseModel):
         "adam", description="adam: the paper's (faithful mode); fast: our own, reported separately"
     )
     iterations: int = Field(
-        20, ge=1, description="full: Adam steps; stochastic: epochs (each point in exactly one batch per epoch)"
+        20,
+        ge=1,
+        description=(
+            "full: Adam steps; stochastic: epochs (each point in exactly one batch per epoch). The default 20 "
+            "suits the stochastic mode; full batch wants ~500-2000 (400 steps reach ~85.7° at N=1,500, d=512)"
+        ),
     )
     batch_size: int = Field(1000, ge=2, description="stochastic: points per batch (paper: 1k–10k)")
     learning_rate: float = Field(3e-3, gt=0.0, description="Adam's initial learning rate (faithful mode)")
@@ -96,13 +104,22 @@ class PackingConfig(pydantic.BaseModel):
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="Adam's β1, β2 (torch defaults)")
     adam_eps: float = Field(1e-8, gt=0.0, description="Adam's ε (torch default)")
     init: Literal["gallery", "random"] = Field(
-        "gallery", description="gallery: N gallery rows drawn without replacement; random: uniform on the sphere"
+        "gallery",
+        description="gallery: N gallery rows drawn without replacement; random: uniform on the sphere",
     )
     init_noise: float = Field(
         0.05, ge=0.0, description="gallery init with N > gallery: norm of the noise added to repeated rows"
     )
     gallery_sample: int | None = Field(
         None, ge=1, description="stochastic: gallery rows sampled per step; None: the full gallery"
+    )
+    gallery_cache: int = Field(
+        8,
+        ge=0,
+        description=(
+            "gallery candidates kept per point between full gallery scans, for galleries of >= 1024 rows "
+            "(exact either way; 0: scan every step)"
+        ),
     )
     against_all: bool = Field(
         False, description="stochastic: the batch is also compared with all other points, held fixed"
@@ -113,15 +130,22 @@ class PackingConfig(pydantic.BaseModel):
     block: int | None = Field(None, ge=1, description="rows per Gram block; None: the device default")
     checkpoint_every: int = Field(100, ge=0, description="steps between checkpoints (0: never)")
     log_every: int = Field(
-        10, ge=1, description="iterations between history entries (stochastic: each costs an exact N-point pass)"
+        10,
+        ge=1,
+        description="iterations between history entries (stochastic: each costs an exact N-point pass)",
     )
     fast_temperature: float = Field(
         300.0, gt=0.0, description="optimizer=fast: inverse temperature t of the soft maximum over neighbours"
     )
     fast_neighbours: int = Field(
-        16, ge=1, description="optimizer=fast: the soft maximum runs over each row's nearest fast_neighbours"
+        8, ge=1, description="optimizer=fast: the soft maximum runs over each row's nearest fast_neighbours"
     )
-    fast_learning_rate: float = Field(1e-2, gt=0.0, description="optimizer=fast: Adam's initial learning rate")
+    fast_refresh: int = Field(
+        1, ge=1, description="optimizer=fast: steps between refreshes of the neighbour lists"
+    )
+    fast_learning_rate: float = Field(
+        1e-2, gt=0.0, description="optimizer=fast: Adam's initial learning rate"
+    )
 
     @pydantic.field_validator("screen")
     @classmethod
@@ -178,15 +202,15 @@ def packing_metrics(
     """Exact nearest-neighbour statistics of ``points`` (and their distance to ``gallery``), in blocks.
 
     min_angle_deg, mean/max_nn_cosine, nn_cosine_quantiles {p01,p05,p50,p95,p99}, nn_cosine_histogram
-    {edges, counts}, mean_gallery_distance (mean_i min_g 1 − cos; None without a gallery), loss (the
-    objective at α = 0.5 is not implied: ``mean_nn_cosine`` and ``mean_gallery_distance`` are its parts).
+    {edges, counts} (``bins`` equal bins), mean_gallery_distance (mean_i min_g 1 − cos; None without a
+    gallery), count, dim. The objective is ``mean_nn_cosine + α · mean_gallery_distance``.
     """
     unit = unit_rows(points, "points")
     device = device or default_device()
     rows = torch.from_numpy(unit).to(device)
     backend = auto_backend(rows, screen, device)
     size = search_block(device, block)
-    _, dots = self_search(rows, backend, size)
+    _, dots = self_search(rows, backend, search_block(device, block, len(rows)))
     metrics = _nn_metrics(dots.cpu().numpy(), bins)
     metrics.update(count=int(unit.shape[0]), dim=int(unit.shape[1]), mean_gallery_distance=None)
     if gallery is not None:
@@ -208,7 +232,9 @@ def _nn_metrics(dots: np.ndarray, bins: int = 50) -> dict[str, Any]:
         "min_angle_deg": _angle_deg(float(dots.max())),
         "mean_nn_cosine": float(dots.mean()),
         "max_nn_cosine": float(cos.max()),
-        "nn_cosine_quantiles": dict(zip(("p01", "p05", "p50", "p95", "p99"), map(float, quantiles), strict=True)),
+        "nn_cosine_quantiles": dict(
+            zip(("p01", "p05", "p50", "p95", "p99"), map(float, quantiles), strict=True)
+        ),
         "nn_cosine_histogram": {"edges": edges.tolist(), "counts": counts.tolist()},
     }
 
@@ -230,12 +256,20 @@ class _Run:
         self.adaptive = config.screen == "auto" and not os.environ.get("FACELAKE_GRAM_SCREEN")
         self.switches: list[dict[str, Any]] = []
         self.block = search_block(self.device, config.block)
+        self.self_block = search_block(self.device, config.block, config.identities)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.n, self.dim = config.identities, dim
         self.gallery_np = gallery
         self.gallery = None if gallery is None else torch.from_numpy(gallery).to(self.device)
         self.gallery_screened = None if gallery is None else screen.prepare(self.gallery)
-        self.gallery_index = torch.full((self.n,), -1, dtype=torch.int64, device=self.device)
+        self.cache = (
+            GalleryCache(self.n, dim, config.gallery_cache, self.device)
+            if gallery is not None
+            and config.gallery_cache
+            and config.alpha
+            and len(gallery) >= CACHE_MIN_GALLERY
+            else None
+        )
         self.x = torch.nn.Parameter(_initial_points(config, gallery, dim, self.generator).to(self.device))
         self.optimizer = self._make_optimizer()
         self.step = 0
@@ -246,6 +280,7 @@ class _Run:
         self.previous_neighbour: torch.Tensor | None = None
         self.previous_gallery: torch.Tensor | None = None
         self.fast_state: dict[str, torch.Tensor] = {}
+        self.batch_grad: torch.Tensor | None = None
 
     # --- setup --------------------------------------------------------------------------------
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -271,16 +306,14 @@ class _Run:
             u, norms = normalise(self.x.detach())
             lower = self._lower_bounds(u, u, self.previous_neighbour)
             found: dict = {}
-            neighbour, dots = self_search(u, self.backends["self"], self.block, lower=lower, stats=found)
+            neighbour, dots = self_search(u, self.backends["self"], self.self_block, lower=lower, stats=found)
             self._adapt("self", found, len(u))
             loss = float(dots.mean())
             pulled = None
             if self.gallery is not None and c.alpha:
-                glower = self._lower_bounds(u, self.gallery, self.previous_gallery)
-                gindex, gdots = self._nearest_gallery(u, self.gallery, self.gallery_screened, glower)
+                gindex, gdots = self.nearest_gallery(torch.arange(self.n, device=self.device), u)
                 loss += c.alpha * float((1.0 - gdots).mean())
                 pulled = self.gallery[gindex]
-                self.previous_gallery = gindex
             self.previous_neighbour = neighbour
             grad_u = unit_gradient(u, neighbour, self.n, pulled_to=pulled, alpha=c.alpha)
             self.x.grad = tangent_gradient(grad_u, u, norms)
@@ -290,7 +323,7 @@ class _Run:
         """One step of Alg. 1; returns the loss and progress metrics of the points before it."""
         loss, dots = self.full_gradient()
         self._adam_step(self.step)
-        return {"loss": loss, **_progress_metrics(dots)}
+        return {"loss": loss, **(_progress_metrics(dots) if dots is not None else {})}
 
     # --- the stochastic step (Alg. 2) -----------------------------------------------------------
     def next_batch(self) -> torch.Tensor:
@@ -322,26 +355,28 @@ class _Run:
             self._adapt("self", found, count)
             loss = float(dots.mean())
             if self.gallery is not None and c.alpha:
-                base, screened, lower = self.gallery, self.gallery_screened, None
+                base = self.gallery
                 if c.gallery_sample is not None and c.gallery_sample < len(base):
-                    rows = torch.randperm(len(base), generator=self.generator)[: c.gallery_sample].to(self.device)
-                    base, screened = base[rows], screened[rows]
+                    rows = torch.randperm(len(base), generator=self.generator)[: c.gallery_sample]
+                    rows = rows.to(self.device)
+                    base = base[rows]
+                    gindex, gdots = self._nearest_gallery(ub, base, self.gallery_screened[rows], None)
                 else:
-                    lower = self._gallery_lower(ub, batch)
-                gindex, gdots = self._nearest_gallery(ub, base, screened, lower)
-                if lower is not None:
-                    self.gallery_index[batch] = gindex
+                    gindex, gdots = self.nearest_gallery(batch, ub)
                 loss += c.alpha * float((1.0 - gdots).mean())
                 grad_u.sub_(base[gindex], alpha=c.alpha / count)
-            grad = torch.zeros_like(self.x)
-            grad[batch] = tangent_gradient(grad_u, ub, norms)
-            self.x.grad = grad
+            if self.batch_grad is None:  # zero outside the batch; rows are cleared after each step
+                self.batch_grad = torch.zeros_like(self.x)
+            self.batch_grad[batch] = tangent_gradient(grad_u, ub, norms)
+            self.x.grad = self.batch_grad
         return loss
 
     def stochastic_step(self) -> None:
         """One step of Alg. 2 (a batch against itself, or against all points held fixed)."""
-        loss = self.batch_gradient(self.next_batch())
+        batch = self.next_batch()
+        loss = self.batch_gradient(batch)
         self._adam_step(self.step // self.config.steps_per_iteration())
+        self.batch_grad[batch] = 0.0
         self.epoch_loss[0] += loss
         self.epoch_loss[1] += 1
 
@@ -361,7 +396,7 @@ class _Run:
         """Exact min angle and mean NN cosine of all points (one blocked pass)."""
         with torch.no_grad():
             u = normalise(self.x.detach())[0]
-            _, dots = self_search(u, self.backends["self"], self.block)
+            _, dots = self_search(u, self.backends["self"], self.self_block)
         return _progress_metrics(dots)
 
     # --- screening --------------------------------------------------------------------------------
@@ -374,15 +409,18 @@ class _Run:
         self._adapt("gallery", found, len(u))
         return result
 
-    def _gallery_lower(self, ub: torch.Tensor, batch: torch.Tensor) -> torch.Tensor | None:
-        """Exact dots to each batch row's nearest gallery point at its last visit (proven lower bounds)."""
-        previous = self.gallery_index[batch]
-        known = torch.nonzero(previous >= 0).squeeze(1)
-        if len(known) == 0:
-            return None
-        lower = torch.full((len(batch),), float("-inf"), dtype=torch.float64, device=self.device)
-        lower[known] = exact_dots(ub, self.gallery, known, previous[known])
-        return lower
+    def nearest_gallery(self, rows: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact nearest gallery row of points ``rows`` now at ``u``: through the cache, else a full scan."""
+        if self.cache is not None:
+            backend = self.backends["gallery"]
+            return self.cache.nearest(rows, u, self.gallery, self.gallery_screened, backend, self.block)
+        lower = None
+        if self.previous_gallery is not None and len(rows) == self.n:
+            lower = self._lower_bounds(u, self.gallery, self.previous_gallery)
+        result = self._nearest_gallery(u, self.gallery, self.gallery_screened, lower)
+        if len(rows) == self.n:
+            self.previous_gallery = result[0]
+        return result
 
     def _adapt(self, kind: str, found: dict, rows: int) -> None:
         """Under ``screen='auto'``, move a search from bfloat16 to float32 once its band gets crowded."""
@@ -469,7 +507,9 @@ def _initial_points(
     return torch.cat([base[order], normalise(base[extra] + noise)[0]])
 
 
-def initial_points(config: PackingConfig, gallery: np.ndarray | None, *, dim: int | None = None) -> np.ndarray:
+def initial_points(
+    config: PackingConfig, gallery: np.ndarray | None, *, dim: int | None = None
+) -> np.ndarray:
     """The points :func:`pack` starts from under ``config`` (its seed): N gallery rows drawn without
     replacement (repeats with ``init_noise`` when N exceeds the gallery), or uniform random unit vectors."""
     gallery_unit, dim = _check_inputs(config, gallery, dim)
@@ -508,6 +548,12 @@ def pack(
 
     ``gallery`` [M, d]: real embeddings (normalised here) for the init and the α term; None with
     ``init='random'``, ``alpha=0`` and ``dim``. ``progress`` receives every history entry as it is made.
+
+    History entries: ``step`` (optimizer steps taken), ``seconds``, ``loss``, ``min_angle_deg``,
+    ``mean_nn_cosine`` (both exact over all N points). Full batch: every ``log_every`` steps, the values of
+    the points before that step's update, plus the final points; ``loss`` is the exact objective.
+    Stochastic: at every ``log_every``-th epoch end and the last; ``loss`` is the mean batch objective over
+    the epoch (an exact pass over all points costs one blocked N×N search per entry).
     """
     gallery_unit, dim = _check_inputs(config, gallery, dim)
     if config.optimizer == "fast":
@@ -521,7 +567,11 @@ def pack(
         initial = run.restore(saved)
     else:
         initial = packing_metrics(
-            run.x.detach().cpu().numpy(), gallery_unit, screen=config.screen, device=run.device, block=run.block
+            run.x.detach().cpu().numpy(),
+            gallery_unit,
+            screen=config.screen,
+            device=run.device,
+            block=run.block,
         )
     started = time.perf_counter() - run.seconds
     per_iteration = config.steps_per_iteration()
@@ -553,7 +603,13 @@ def pack(
     metrics = packing_metrics(points, gallery_unit, screen=config.screen, device=run.device, block=run.block)
     if config.algorithm == "full" and (not run.history or run.history[-1]["step"] != run.step):
         loss = metrics["mean_nn_cosine"] + config.alpha * (metrics["mean_gallery_distance"] or 0.0)
-        log({"loss": loss, "min_angle_deg": metrics["min_angle_deg"], "mean_nn_cosine": metrics["mean_nn_cosine"]})
+        log(
+            {
+                "loss": loss,
+                "min_angle_deg": metrics["min_angle_deg"],
+                "mean_nn_cosine": metrics["mean_nn_cosine"],
+            }
+        )
     if checkpointer is not None and config.checkpoint_every and run.step % config.checkpoint_every:
         checkpointer.save(run.state(initial))
     stats = {"steps": run.step, "seconds": run.seconds, "block": run.block, "screen_switches": run.switches}
@@ -566,4 +622,3 @@ def pack(
         screen=run.backends["self"].name,
         stats=stats,
     )
-

@@ -101,3 +101,46 @@ def test_unnormalised_input_is_normalised_and_bad_input_named() -> None:
         nearest_in(x, _unit(np.random.default_rng(5), 4, 7))
     with pytest.raises(ValueError, match="unknown Gram screen"):
         nearest_neighbours(x, screen="float16")
+
+
+@pytest.mark.parametrize("screen", ["torch-float32", "torch-bfloat16"])
+def test_topk_search_nearest_and_top_k(screen: str) -> None:
+    import torch
+
+    from facelake.gram import select_backend
+    from facelake.neighbours import topk_search
+
+    x = _unit(np.random.default_rng(6), 150, 8)
+    x[40] = x[3]
+    index, cosine = _brute(x)
+    rows, cols, dots, best_index, best = topk_search(
+        torch.from_numpy(x), select_backend(screen, 8, "cpu"), 32, k=5
+    )
+    np.testing.assert_array_equal(best_index.numpy(), index)
+    np.testing.assert_array_equal(best.numpy().astype(np.float32), cosine)
+    gram = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(gram, -np.inf)
+    np.testing.assert_array_equal(rows.numpy(), np.repeat(np.arange(150), 5))
+    np.testing.assert_allclose(dots.numpy(), gram[rows.numpy(), cols.numpy()], atol=1e-6)
+    assert (cols.numpy() != rows.numpy()).all()
+    if screen == "torch-float32":  # float32 screening: the k largest exactly (up to ties)
+        kth = -np.sort(-gram, axis=1)[:, 4]
+        assert (gram[rows.numpy(), cols.numpy()] >= np.repeat(kth, 5) - 1e-6).all()
+
+
+def test_auto_screen_moves_to_float32_for_packed_points() -> None:
+    import torch
+
+    from facelake.gram import select_backend
+    from facelake.neighbours import band_density, float32_backend
+
+    rng = np.random.default_rng(7)
+    spread = torch.from_numpy(_unit(rng, 400, 64))
+    packed = torch.from_numpy(
+        np.linalg.qr(rng.standard_normal((64, 64)))[0][:, :60].T.astype(np.float32).copy()
+    )
+    bf16 = select_backend("torch-bfloat16", 64, "cpu")
+    assert band_density(packed, bf16) > 16  # an orthonormal set: every cosine 0 ± bfloat16's band
+    assert band_density(spread, bf16) < 16
+    assert float32_backend("cpu", 64).screen_dtype == torch.float32
+    np.testing.assert_array_equal(nearest_neighbours(packed.numpy()).index, _brute(packed.numpy())[0])

@@ -1,0 +1,83 @@
+"""Each point's nearest gallery embedding, exactly, without scanning the whole gallery every step.
+
+The gallery is fixed and points move little per step, so a neighbour list with a proven validity test (the
+"Verlet list" of molecular dynamics) replaces most full scans. When a row's list is (re)built at position
+``a`` it keeps the gallery rows with the ``k`` largest screened dots and a *ceiling*
+``c = s̃_(k+1) + bound`` above every exact dot outside the list. Later, at position ``x`` with
+``δ = ‖x − a‖``, every outside row ``g`` (a unit vector) has ``x·g ≤ a·g + δ ≤ c + δ``; so if the best exact
+dot inside the list is strictly larger than ``c + δ``, it is the exact nearest gallery row of the whole
+gallery (ties among the listed rows → smallest index, and no outside row can tie). Rows that fail the test
+are rebuilt with one blocked scan of the gallery. Results are identical to a full scan; only time changes.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from facelake.gram import GramBackend
+from facelake.neighbours import blocked_topk, cross_search, exact_nearest, screening_bound
+
+_MARGIN = 1e-9
+"""Slack for float64 rounding in the validity test (the exact dots are float64 sums of float32 products)."""
+
+
+class GalleryCache:
+    """Per-point candidate lists into a fixed gallery, with the anchor each list was built at."""
+
+    def __init__(self, points: int, dim: int, size: int, device: str) -> None:
+        self.size = size
+        self.index = torch.zeros((points, size), dtype=torch.int64, device=device)
+        self.ceiling = torch.full((points,), float("inf"), dtype=torch.float64, device=device)
+        self.anchor = torch.zeros((points, dim), dtype=torch.float32, device=device)
+        self.scanned_rows = 0
+        self.queried_rows = 0
+
+    def nearest(
+        self,
+        rows: torch.Tensor,
+        u: torch.Tensor,
+        gallery: torch.Tensor,
+        screened: torch.Tensor,
+        backend: GramBackend,
+        block: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact nearest gallery row (index, float64 dot) of the points ``rows`` now at ``u`` [b, d]."""
+        self.queried_rows += len(rows)
+        k = min(self.size, len(gallery))
+        flat = torch.arange(len(rows), device=u.device).repeat_interleave(k)
+        where, best = exact_nearest(u, gallery, flat, self.index[rows, :k].reshape(-1), len(rows))
+        moved = torch.linalg.vector_norm((u - self.anchor[rows]).double(), dim=1)
+        stale = torch.nonzero(~(best > self.ceiling[rows] + moved + _MARGIN)).squeeze(1)
+        if len(stale):
+            index, value = self._rebuild(rows[stale], u[stale], gallery, screened, backend, block)
+            where[stale], best[stale] = index, value
+        return where, best
+
+    def _rebuild(
+        self,
+        rows: torch.Tensor,
+        u: torch.Tensor,
+        gallery: torch.Tensor,
+        screened: torch.Tensor,
+        backend: GramBackend,
+        block: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        self.scanned_rows += len(rows)
+        m = len(gallery)
+        k = min(self.size, m)
+        values, index = blocked_topk(backend.prepare(u), screened, backend, block, min(k + 1, m))
+        bound = max(screening_bound(backend, u), screening_bound(backend, gallery))
+        self.index[rows, :k] = index[:, :k]
+        self.ceiling[rows] = values[:, k].double() + bound if m > k else float("-inf")
+        self.anchor[rows] = u
+        flat = torch.arange(len(rows), device=u.device).repeat_interleave(k)
+        where, best = exact_nearest(u, gallery, flat, index[:, :k].reshape(-1), len(rows))
+        crowded = torch.nonzero(~(best > self.ceiling[rows] + _MARGIN)).squeeze(1)
+        if len(
+            crowded
+        ):  # more than k gallery rows inside the band: never trusted, searched exactly each time
+            self.ceiling[rows[crowded]] = float("inf")
+            where[crowded], best[crowded] = cross_search(
+                u[crowded], gallery, backend, block, screened_base=screened
+            )
+        return where, best

@@ -39,10 +39,10 @@ from facelake.hyperface import (
     configured_sources,
     gallery_artifact,
     png_markdown,
-    profile_of,
     reference_artifact,
     validate_variants,
 )
+from facelake.identity import EmbedderProfile
 from facelake.laion import artifacts as laion_artifacts
 from facelake.settings import LAION_PARTS, FacelakeSettings
 from resources import StorageResource
@@ -98,7 +98,7 @@ def gallery_asset(settings: FacelakeSettings) -> AssetsDefinition:
         metadata = {
             "sources": [s.name for s in sources],
             "dimension": outcome.manifest.extra["dimension"],
-            "embedder": profile_of(space).describe(),
+            "embedder": EmbedderProfile.from_provenance(space).describe(),
             "embedder_random_init": bool(space["embedder_random_init"]),
         }
         if space["embedder_random_init"]:
@@ -147,7 +147,7 @@ def reference_embeddings_asset(settings: FacelakeSettings) -> AssetsDefinition:
         space = gallery_artifact(lake).require_manifest().extra["space"]
         context.log.info(
             f"variant {name}: {variant.identities} identities, {variant.algorithm}/{variant.optimizer}, "
-            f"{variant.iterations} iterations, in the space of {profile_of(space).describe()}"
+            f"{variant.iterations} iterations, in the space of {EmbedderProfile.from_provenance(space).describe()}"
         )
         if space["embedder_random_init"]:
             context.log.warning(RANDOM_WEIGHTS_WARNING)

@@ -40,7 +40,7 @@ from facelake import celebahq
 from facelake.commit import Attempt, FileEntry, Written, materialize_partition
 from facelake.errors import InputError
 from facelake.face_stages import StageCounter
-from facelake.identity import embedding_table
+from facelake.identity import EmbedderProfile, embedding_table
 from facelake.identity_clusters import (
     EmbeddingInput,
     IdentityClusters,
@@ -49,7 +49,6 @@ from facelake.identity_clusters import (
     centroids_table,
     cluster_identities,
     read_embeddings,
-    space_profile,
     write_parquet,
 )
 from facelake.laion import artifacts as laion_artifacts
@@ -150,7 +149,7 @@ def identity_clusters_asset(
             data = read_embeddings(lake, source)
             if len(data.vectors) == 0:
                 raise InputError(source.prefix, "no embeddings to cluster (no face in any image?)")
-            profile = space_profile(data.space)
+            profile = EmbedderProfile.from_provenance(data.space)
             context.log.info(f"clustering {len(data.vectors):,} embeddings of {profile.describe()}")
             clusters = cluster_identities(
                 data.vectors,
@@ -253,7 +252,7 @@ def celebahq_export(
         lambda name: attempt.uri(f"data/{name}"),
     )
     files = [attempt.entry(uri, rows=rows) for uri, rows in written]
-    table = embedding_table(data.vectors, space_profile(data.space), labels)
+    table = embedding_table(data.vectors, EmbedderProfile.from_provenance(data.space), labels)
     write_parquet(lake, attempt.uri(celebahq.EMBEDDINGS_FILE), table)
     files.append(attempt.entry(attempt.uri(celebahq.EMBEDDINGS_FILE), rows=table.num_rows))
     no_face_uri, _ = _committed(lake, celebahq.embeddings_artifact, celebahq.NO_FACE_FILE)

@@ -121,7 +121,7 @@ class Gallery:
         return bool(self.space.get("embedder_random_init"))
 
     def profile(self) -> EmbedderProfile:
-        return profile_of(self.space)
+        return EmbedderProfile.from_provenance(self.space)
 
     def describe(self) -> str:
         return self.profile().describe()
@@ -134,17 +134,6 @@ class GallerySource:
     name: str
     fingerprint: str
     load: Callable[[], pa.Table]
-
-
-def profile_of(space: Mapping[str, Any]) -> EmbedderProfile:
-    """The :class:`EmbedderProfile` of a provenance dict (the five ``embedder_*`` values)."""
-    return EmbedderProfile(
-        name=str(space["embedder_name"]),
-        dimension=int(space["embedder_dimension"]),
-        weights_sha256=str(space["embedder_weights_sha256"]),
-        random_init=bool(space["embedder_random_init"]),
-        same_identity_cosine_distance=float(space["embedder_same_identity_cosine_distance"]),
-    )
 
 
 def read_parquet_table(storage: Storage, uri: str) -> pa.Table:
@@ -240,7 +229,7 @@ def assemble_gallery(
             unit = l2_normalise(matrix)
         except ValueError as exc:
             raise InputError(name, str(exc)) from exc
-        parts.append(embedding_table(unit, profile_of(space), columns))
+        parts.append(embedding_table(unit, EmbedderProfile.from_provenance(space), columns))
     combined = pa.concat_tables(parts, promote_options="default").combine_chunks()
     if max_rows is not None and combined.num_rows > max_rows:
         rng = np.random.default_rng(seed)
@@ -415,7 +404,7 @@ def reference_tables(
     """The identity shards of packed ``points``: ids, shard, variant, embedding and the gallery's provenance."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
-    profile = profile_of(space)
+    profile = EmbedderProfile.from_provenance(space)
     shards = []
     for shard, start in enumerate(range(0, len(points), shard_size)):
         index = np.arange(start, min(start + shard_size, len(points)), dtype=np.int64)

@@ -48,6 +48,17 @@ class EmbedderProfile:
     same_identity_cosine_distance: float
     note: str = ""
 
+    @classmethod
+    def from_provenance(cls, space: Mapping[str, Any]) -> EmbedderProfile:
+        """The profile a provenance dict (the ``embedder_*`` columns of :data:`PROVENANCE_COLUMNS`) describes."""
+        return cls(
+            name=str(space["embedder_name"]),
+            dimension=int(space["embedder_dimension"]),
+            weights_sha256=str(space["embedder_weights_sha256"]),
+            random_init=bool(space["embedder_random_init"]),
+            same_identity_cosine_distance=float(space["embedder_same_identity_cosine_distance"]),
+        )
+
     @property
     def same_identity_l2(self) -> float:
         """The threshold as an L2 distance between unit vectors: ``sqrt(2 * cosine distance)``."""

@@ -115,17 +115,6 @@ def read_embeddings(storage: Storage, artifact: PartitionArtifact) -> EmbeddingI
     return EmbeddingInput(ids, vectors, spaces[0], files)
 
 
-def space_profile(space: dict[str, Any]) -> EmbedderProfile:
-    """The :class:`EmbedderProfile` a provenance dict describes (to write derived tables in that space)."""
-    return EmbedderProfile(
-        name=str(space["embedder_name"]),
-        dimension=int(space["embedder_dimension"]),
-        weights_sha256=str(space["embedder_weights_sha256"]),
-        random_init=bool(space["embedder_random_init"]),
-        same_identity_cosine_distance=float(space["embedder_same_identity_cosine_distance"]),
-    )
-
-
 # --- eps ------------------------------------------------------------------------------------------------
 
 
@@ -335,7 +324,7 @@ def centroids_table(clusters: IdentityClusters, space: dict[str, Any]) -> pa.Tab
         "cluster_size": pa.array(sizes.astype(np.int64)),
         "dbscan_cluster": pa.array(ids < clusters.dbscan.n_clusters),
     }
-    return embedding_table(clusters.centroids, space_profile(space), columns)
+    return embedding_table(clusters.centroids, EmbedderProfile.from_provenance(space), columns)
 
 
 def write_parquet(storage: Storage, uri: str, table: pa.Table) -> None:

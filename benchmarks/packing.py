@@ -174,9 +174,10 @@ def child(side: str, params: dict, dim: int) -> dict:
             pass
 
         def progress(entry: dict) -> None:
+            # kept even when over budget: with log_every=iterations it is the only end state
+            seen.append(entry)
             if budget is not None and entry["seconds"] > budget:
                 raise Budget
-            seen.append(entry)
 
         started = time.perf_counter()
         try:

@@ -254,7 +254,8 @@ def machine(args: argparse.Namespace) -> None:
         )
     print(f"  FACELAKE_GRAM_SCREEN={os.environ.get('FACELAKE_GRAM_SCREEN', '(unset)')}")
     rows = 2048
-    print(f"  Gram backends, seconds per {rows}x{args.dim} @ {args.dim}x{rows} (fastest first):")
+    print(f"  Gram screens, seconds per {rows}x{args.dim} @ {args.dim}x{rows} screened block (product, row and "
+          "column maxima, threshold; fastest first):")  # fmt: skip
     for name, seconds in measured_backends(device, args.dim, rows):
         print(
             f"    {name:16s} {seconds * 1e3:8.2f} ms  {2 * rows * rows * args.dim / seconds / 1e9:7.1f} GFLOP/s"

@@ -17,6 +17,7 @@ gallery term and for the stochastic mode's batch-against-all search.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -212,6 +213,35 @@ def exact_nearest(
     return index.to(left.device), value.to(left.device)
 
 
+def nearest_among(
+    left: torch.Tensor, right: torch.Tensor, lists: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row ``i`` of ``left`` [n, d], the row of ``right`` with the largest exact dot among the columns
+    ``lists[i]`` [n, k] (ties → smallest column): index, float64 value.
+
+    One batched float32 product over the gathered candidates decides every row whose float32 maximum clears
+    its runner-up by twice float32's proven error bound; only the other rows are re-ranked in float64.
+    """
+    n, k = lists.shape
+    if k == 1:
+        index = lists[:, 0]
+        rows = torch.arange(n, device=left.device)
+        return index, exact_dots(left, right, rows, index)
+    dots = torch.bmm(right[lists], left.unsqueeze(2)).squeeze(2)
+    best, where = dots.max(dim=1)
+    margin = 2.0 * _FLOAT32.error_bound(left.shape[1]) * 1.0001
+    close = (dots >= (best - margin).unsqueeze(1)).sum(dim=1) > 1
+    index = lists.gather(1, where.unsqueeze(1)).squeeze(1)
+    rows = torch.arange(n, device=left.device)
+    value = exact_dots(left, right, rows, index)
+    tied = torch.nonzero(close).squeeze(1)
+    if len(tied):
+        local = torch.arange(len(tied), device=left.device).repeat_interleave(k)
+        picked, exact = exact_nearest(left[tied], right, local, lists[tied].reshape(-1), len(tied))
+        index[tied], value[tied] = picked, exact
+    return index, value
+
+
 def float32_backend(device: str, dim: int) -> GramBackend:
     """The fastest measured float32 screen on ``device`` (numpy's BLAS or torch)."""
     names = [name for name, _ in measured_backends(device, dim) if not name.endswith("bfloat16")]
@@ -238,6 +268,28 @@ def auto_backend(points: torch.Tensor, screen: str, device: str) -> GramBackend:
     return backend
 
 
+def _cross_blocks(
+    queries: torch.Tensor,
+    base: torch.Tensor,
+    backend: GramBackend,
+    block: int,
+    exclude: torch.Tensor | None,
+) -> Iterator[tuple[int, int, int, int, torch.Tensor]]:
+    """``(i0, i1, j0, j1, screened block)`` over all blocks of ``queries @ base.T`` (both prepared), with
+    ``exclude[i]`` (a base row query ``i`` may not pick) set to −∞."""
+    n, m = queries.shape[0], base.shape[0]
+    for i0 in range(0, n, block):
+        i1 = min(i0 + block, n)
+        for j0 in range(0, m, block):
+            j1 = min(j0 + block, m)
+            gram = screened_gram(backend, queries[i0:i1], base[j0:j1])
+            if exclude is not None:
+                own = exclude[i0:i1]
+                inside = torch.nonzero((own >= j0) & (own < j1)).squeeze(1)
+                gram[inside, own[inside] - j0] = float("-inf")
+            yield i0, i1, j0, j1, gram
+
+
 def blocked_topk(
     queries: torch.Tensor,
     base: torch.Tensor,
@@ -255,20 +307,12 @@ def blocked_topk(
         raise ValueError(f"k must lie in [1, {m}], got {k}")
     values = torch.full((n, k), float("-inf"), device=queries.device)
     index = torch.zeros((n, k), dtype=torch.int64, device=queries.device)
-    for i0 in range(0, n, block):
-        i1 = min(i0 + block, n)
-        for j0 in range(0, m, block):
-            j1 = min(j0 + block, m)
-            gram = screened_gram(backend, queries[i0:i1], base[j0:j1])
-            if exclude is not None:
-                mine = exclude[i0:i1]
-                inside = torch.nonzero((mine >= j0) & (mine < j1)).squeeze(1)
-                gram[inside, mine[inside] - j0] = float("-inf")
-            v, ix = gram.topk(min(k, j1 - j0), dim=1)
-            merged_v = torch.cat([values[i0:i1], v.float()], dim=1)
-            merged_i = torch.cat([index[i0:i1], ix + j0], dim=1)
-            top_v, where = merged_v.topk(k, dim=1)
-            values[i0:i1], index[i0:i1] = top_v, merged_i.gather(1, where)
+    for i0, i1, j0, j1, gram in _cross_blocks(queries, base, backend, block, exclude):
+        v, ix = gram.topk(min(k, j1 - j0), dim=1)
+        merged_v = torch.cat([values[i0:i1], v.float()], dim=1)
+        merged_i = torch.cat([index[i0:i1], ix + j0], dim=1)
+        top_v, where = merged_v.topk(k, dim=1)
+        values[i0:i1], index[i0:i1] = top_v, merged_i.gather(1, where)
     return values, index
 
 
@@ -361,16 +405,8 @@ def cross_search(
     bound = max(screening_bound(backend, queries), screening_bound(backend, base))
     n = queries.shape[0]
     found = _Candidates(n, bound, lower, queries.device.type)
-    for i0 in range(0, n, block):
-        i1 = min(i0 + block, n)
-        for j0 in range(0, m, block):
-            j1 = min(j0 + block, m)
-            gram = screened_gram(backend, q_screened[i0:i1], b_screened[j0:j1])
-            if exclude is not None:
-                own = exclude[i0:i1]
-                inside = torch.nonzero((own >= j0) & (own < j1)).squeeze(1)
-                gram[inside, own[inside] - j0] = float("-inf")
-            found.add_rows(gram, i0, j0)
+    for i0, _, j0, _, gram in _cross_blocks(q_screened, b_screened, backend, block, exclude):
+        found.add_rows(gram, i0, j0)
     rows, cols = found.survivors()
     if stats is not None:
         stats["candidates"] = len(rows)

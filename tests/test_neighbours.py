@@ -144,3 +144,31 @@ def test_auto_screen_moves_to_float32_for_packed_points() -> None:
     assert band_density(spread, bf16) < 16
     assert float32_backend("cpu", 64).screen_dtype == torch.float32
     np.testing.assert_array_equal(nearest_neighbours(packed.numpy()).index, _brute(packed.numpy())[0])
+
+
+def test_nearest_among_equals_brute_force_over_each_list_with_ties() -> None:
+    import torch
+
+    from facelake.neighbours import nearest_among
+
+    rng = np.random.default_rng(7)
+    base = _unit(rng, 50, 16)
+    base[10] = base[3]  # exact duplicates: the smaller index must win
+    base[11] = base[3]
+    queries = _unit(rng, 40, 16)
+    queries[0] = base[3]
+    lists = np.stack([rng.choice(50, size=6, replace=False) for _ in range(40)])
+    lists[0] = [11, 3, 10, 20, 30, 40]
+    lists[1] = [10, 11, 3, 0, 1, 2]
+    index, value = nearest_among(torch.from_numpy(queries), torch.from_numpy(base), torch.from_numpy(lists))
+    exact = np.einsum("nd,nkd->nk", queries.astype(np.float64), base[lists].astype(np.float64))
+    best = exact.max(1)
+    expected = np.array([lists[i][exact[i] == best[i]].min() for i in range(40)])
+    np.testing.assert_array_equal(index.numpy(), expected)
+    np.testing.assert_allclose(value.numpy(), best, rtol=0, atol=1e-12)
+    assert index[0] == 3
+    single, single_value = nearest_among(
+        torch.from_numpy(queries), torch.from_numpy(base), torch.from_numpy(lists[:, :1])
+    )
+    np.testing.assert_array_equal(single.numpy(), lists[:, 0])
+    np.testing.assert_allclose(single_value.numpy(), exact[:, 0], rtol=0, atol=1e-12)

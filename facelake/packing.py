@@ -49,7 +49,7 @@ from facelake.packing_checkpoint import (
     array_text,
     text_array,
 )
-from facelake.packing_gallery import GalleryCache
+from facelake.packing_gallery import GalleryCache, GallerySearch
 from facelake.packing_objective import normalise, tangent_gradient, unit_gradient
 
 __all__ = [
@@ -412,8 +412,8 @@ class _Run:
     def nearest_gallery(self, rows: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact nearest gallery row of points ``rows`` now at ``u``: through the cache, else a full scan."""
         if self.cache is not None:
-            backend = self.backends["gallery"]
-            return self.cache.nearest(rows, u, self.gallery, self.gallery_screened, backend, self.block)
+            search = GallerySearch(self.gallery, self.gallery_screened, self.backends["gallery"], self.block)
+            return self.cache.nearest(rows, u, search)
         lower = None
         if self.previous_gallery is not None and len(rows) == self.n:
             lower = self._lower_bounds(u, self.gallery, self.previous_gallery)

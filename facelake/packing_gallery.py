@@ -14,6 +14,8 @@ are identical to a full scan; only time changes.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 from facelake.gram import GramBackend
@@ -21,6 +23,15 @@ from facelake.neighbours import blocked_topk, cross_search, exact_dots, nearest_
 
 _MARGIN = 1e-9
 """Slack for float64 rounding in the validity test (the exact dots are float64 sums of float32 products)."""
+
+
+class GallerySearch(NamedTuple):
+    """How to scan the gallery: its float32 unit rows, the same rows prepared by ``backend``, rows per block."""
+
+    gallery: torch.Tensor
+    screened: torch.Tensor
+    backend: GramBackend
+    block: int
 
 
 class GalleryCache:
@@ -36,13 +47,7 @@ class GalleryCache:
         self.queried_rows = 0
 
     def nearest(
-        self,
-        rows: torch.Tensor,
-        u: torch.Tensor,
-        gallery: torch.Tensor,
-        screened: torch.Tensor,
-        backend: GramBackend,
-        block: int,
+        self, rows: torch.Tensor, u: torch.Tensor, search: GallerySearch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Exact nearest gallery row (index, float64 dot) of the points ``rows`` now at ``u`` [b, d].
 
@@ -50,6 +55,7 @@ class GalleryCache:
         per point), then the whole list against the list's ceiling, then a rebuild by a gallery scan.
         """
         self.queried_rows += len(rows)
+        gallery = search.gallery
         here = torch.arange(len(rows), device=u.device)
         where = self.index[rows, 0].clone()
         best = exact_dots(u, gallery, here, where)
@@ -61,22 +67,15 @@ class GalleryCache:
             stale = torch.nonzero(~(value > self.ceiling[rows[unsure]] + moved[unsure] + _MARGIN)).squeeze(1)
             if len(stale):
                 again = unsure[stale]
-                index[stale], value[stale] = self._rebuild(
-                    rows[again], u[again], gallery, screened, backend, block
-                )
+                index[stale], value[stale] = self._rebuild(rows[again], u[again], search)
             where[unsure], best[unsure] = index, value
         return where, best
 
     def _rebuild(
-        self,
-        rows: torch.Tensor,
-        u: torch.Tensor,
-        gallery: torch.Tensor,
-        screened: torch.Tensor,
-        backend: GramBackend,
-        block: int,
+        self, rows: torch.Tensor, u: torch.Tensor, search: GallerySearch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self.scanned_rows += len(rows)
+        gallery, screened, backend, block = search
         m = len(gallery)
         k = min(self.size, m)
         values, index = blocked_topk(backend.prepare(u), screened, backend, block, min(k + 1, m))

@@ -232,18 +232,7 @@ def compare_with_sklearn(args: argparse.Namespace, folder: Path) -> None:
 
 
 def million(args: argparse.Namespace, folder: Path) -> None:
-    data = prepare(folder, args.million_n, args.dim, args.seed)
-    print(f"\n== 3. ours on {args.million_n:,}×{args.dim} (one run)")
-    ours = run_child("ours", data, args, f"n{args.million_n}")
-    stats = ours["stats"]
-    labels = np.load(ours["labels_path"])
-    print(
-        f"  ours {ours['seconds']:.1f}s (process {ours['wall']:.1f}s), peak RSS {ours['peak_mb']:,.0f} MiB; "
-        f"{int(labels.max()) + 1:,} clusters, {(labels == -1).sum():,} noise; screen {stats['screen']} on "
-        f"{stats['device']}, band pairs {stats['band_pairs']:,}, edges {stats['edges']:,}, pending max "
-        f"{stats['pending_max']:,}"
-    )
-    print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stats["seconds"].items()))
+    ours = None if args.sklearn_only else million_ours(args, folder)
     sizes, seconds = [], []
     for n in args.sklearn_sizes:
         path = prepare(folder, n, args.dim, args.seed)
@@ -257,10 +246,28 @@ def million(args: argparse.Namespace, folder: Path) -> None:
     predicted = a * args.million_n**2
     fit = ", ".join(f"{n:,}: {t:.1f}s (fit {a * n**2:.1f}s)" for n, t in zip(sizes, seconds, strict=True))
     print(f"  t = a·N² fit: {fit}")
+    versus = "" if ours is None else f" = {predicted / ours['seconds']:.0f}x ours"
     print(
-        f"  sklearn float64 extrapolated to {args.million_n:,}: {predicted:,.0f}s ({predicted / 3600:.1f} h) "
-        f"= {predicted / ours['seconds']:.0f}x ours"
+        f"  sklearn float64 extrapolated to {args.million_n:,}: {predicted:,.0f}s ({predicted / 3600:.1f} h)"
+        + versus
     )
+
+
+def million_ours(args: argparse.Namespace, folder: Path) -> dict:
+    """Case 3, our side: one run on ``--million-n`` rows; prints wall time and peak memory."""
+    data = prepare(folder, args.million_n, args.dim, args.seed)
+    print(f"\n== 3. ours on {args.million_n:,}×{args.dim} (one run)")
+    ours = run_child("ours", data, args, f"n{args.million_n}")
+    stats = ours["stats"]
+    labels = np.load(ours["labels_path"])
+    print(
+        f"  ours {ours['seconds']:.1f}s (process {ours['wall']:.1f}s), peak RSS {ours['peak_mb']:,.0f} MiB; "
+        f"{int(labels.max()) + 1:,} clusters, {(labels == -1).sum():,} noise; screen {stats['screen']} on "
+        f"{stats['device']}, band pairs {stats['band_pairs']:,}, edges {stats['edges']:,}, pending max "
+        f"{stats['pending_max']:,}"
+    )
+    print("  seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in stats["seconds"].items()))
+    return ours
 
 
 def main() -> None:
@@ -285,6 +292,11 @@ def main() -> None:
     )
     parser.add_argument("--sklearn-runs", type=int, default=1)
     parser.add_argument("--skip-compare", action="store_true", help="skip cases 1 and 2")
+    parser.add_argument(
+        "--sklearn-only",
+        action="store_true",
+        help="case 3 without our 1M run (sklearn sizes and the fit only)",
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes for development")
     parser.add_argument("--dir", default=os.path.join(tempfile.gettempdir(), "facelake-bench-dbscan"))
     parser.add_argument("--side", choices=SIDES, help="child mode: run one side once and write --result")

@@ -11,7 +11,8 @@ input rounding ``2u_in + u_in²``, accumulation ``γ_d = d·u_acc / (1 − d·u_
 
 :func:`select_backend` measures the candidates on a probe of the real shape and keeps the fastest per
 process (DESIGN §6: on these AMD CPUs numpy's OpenBLAS and torch differ by 2–3× in float32, and torch's
-bfloat16 is faster again), so the choice is a measurement, not a guess.
+bfloat16 is twice as fast again on a Zen 4 but ~8× slower on a Zen 3 without bf16 instructions), so the
+choice is a measurement, not a guess.
 """
 
 from __future__ import annotations

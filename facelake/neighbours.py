@@ -140,6 +140,16 @@ class _Candidates:
             values = screened.reshape(-1)[flat].float()
             self.parts.append((flat % width + c0, flat // width + r0, values))
 
+    def nearest(
+        self, left: torch.Tensor, right: torch.Tensor, stats: dict | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The exact nearest ``right`` row of every ``left`` row among the survivors (``stats`` receives
+        ``candidates``, their number)."""
+        rows, cols = self.survivors()
+        if stats is not None:
+            stats["candidates"] = len(rows)
+        return exact_nearest(left, right, rows, cols, len(self.running))
+
     def survivors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Edges whose screened value clears the row's final threshold."""
         rows = torch.cat([p[0] for p in self.parts])
@@ -375,10 +385,7 @@ def self_search(
             else:
                 found.add_rows(gram, i0, j0)
                 found.add_columns(gram, i0, j0)
-    rows, cols = found.survivors()
-    if stats is not None:
-        stats["candidates"] = len(rows)
-    return exact_nearest(points, points, rows, cols, n)
+    return found.nearest(points, points, stats)
 
 
 def cross_search(
@@ -407,10 +414,7 @@ def cross_search(
     found = _Candidates(n, bound, lower, queries.device.type)
     for i0, _, j0, _, gram in _cross_blocks(q_screened, b_screened, backend, block, exclude):
         found.add_rows(gram, i0, j0)
-    rows, cols = found.survivors()
-    if stats is not None:
-        stats["candidates"] = len(rows)
-    return exact_nearest(queries, base, rows, cols, n)
+    return found.nearest(queries, base, stats)
 
 
 def nearest_neighbours(

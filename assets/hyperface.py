@@ -38,12 +38,12 @@ from facelake.hyperface import (
     committed_uri,
     configured_sources,
     gallery_artifact,
-    png_markdown,
     reference_artifact,
     validate_variants,
 )
 from facelake.identity import EmbedderProfile
 from facelake.laion import artifacts as laion_artifacts
+from facelake.plots import png_markdown
 from facelake.settings import LAION_PARTS, FacelakeSettings
 from resources import StorageResource
 
@@ -165,7 +165,9 @@ def reference_embeddings_asset(settings: FacelakeSettings) -> AssetsDefinition:
         artifact = reference_artifact(lake, name)
         metadata = _reference_metadata(outcome.manifest)
         plot_uri = committed_uri(artifact, PLOT_FILE, outcome.manifest)
-        metadata["convergence_plot"] = MetadataValue.md(png_markdown(lake.read_bytes(plot_uri)))
+        metadata["convergence_plot"] = MetadataValue.md(
+            png_markdown(lake.read_bytes(plot_uri), "convergence")
+        )
         metadata["convergence_plot_uri"] = plot_uri
         check = _min_angle_check(outcome.manifest, variant.min_angle_deg)
         return materialize_result(context, artifact, outcome, metadata, check_results=[check])

@@ -54,7 +54,8 @@ from facelake.identity_clusters import (
 from facelake.laion import artifacts as laion_artifacts
 from facelake.laion.artifacts import committed_file
 from facelake.models.registry import detector_model
-from facelake.nn_similarity import nn_similarity_png, png_markdown
+from facelake.nn_similarity import nn_similarity_png
+from facelake.plots import png_markdown
 from facelake.settings import ClusteringSettings, FacelakeSettings
 from facelake.storage import Storage
 from resources import StorageResource

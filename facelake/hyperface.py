@@ -18,8 +18,6 @@ indices ``[s·shard_size, (s+1)·shard_size)``. Everything here is engine code (
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import re
 import time
@@ -51,6 +49,7 @@ from facelake.identity import (
     table_space,
 )
 from facelake.packing import PackingConfig, PackingResult, StorageCheckpointer, pack
+from facelake.plots import figure_png
 from facelake.settings import HyperfaceGallerySettings, HyperfaceVariant
 from facelake.shard_stage import read_stage_table
 from facelake.storage import Storage
@@ -617,15 +616,7 @@ def convergence_plot(history: Sequence[Mapping[str, Any]], *, title: str = "Hype
         axis.set_ylabel(label)
         axis.grid(alpha=0.3)
     figure.suptitle(title)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def png_markdown(png: bytes, alt: str = "convergence") -> str:
-    """Markdown embedding a PNG inline (for Dagster's ``MetadataValue.md``)."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return figure_png(figure)
 
 
 # --- helpers -------------------------------------------------------------------------------------------

@@ -16,12 +16,12 @@ lowest, when the density is flat there, e.g. an empty gap). :func:`nn_similarity
 
 from __future__ import annotations
 
-import base64
-import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from facelake.plots import figure_png
 
 GRID_STEP = 1e-3
 """Spacing of the grid (in cosine) the density is evaluated on."""
@@ -223,12 +223,4 @@ def nn_similarity_png(
     axes.set_ylabel("density")
     axes.set_title(title, fontsize=10)
     axes.legend(fontsize=8, loc="upper left")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
-def png_markdown(png: bytes, alt: str = "plot") -> str:
-    """Markdown showing PNG bytes inline (a data URI), for Dagster's ``MetadataValue.md``."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+    return figure_png(figure)

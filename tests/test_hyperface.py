@@ -22,7 +22,6 @@ from facelake.hyperface import (
     convergence_plot,
     identity_id,
     packing_config,
-    png_markdown,
     read_gallery,
     read_reference_embeddings,
     reference_artifact,
@@ -31,6 +30,7 @@ from facelake.hyperface import (
 )
 from facelake.identity import EmbedderProfile, EmbeddingSpaceMismatchError, embedding_table, table_space
 from facelake.packing import StorageCheckpointer
+from facelake.plots import png_markdown
 from facelake.settings import HyperfaceGallerySettings, HyperfaceVariant
 from facelake.storage import Storage
 
@@ -359,7 +359,7 @@ def test_convergence_plot_is_a_png_and_embeds_as_markdown():
     image = Image.open(io.BytesIO(png))
     assert image.format == "PNG" and image.size == (900, 340)
     assert len(set(np.asarray(image.convert("L")).ravel().tolist())) > 10, "the plot has drawn content"
-    markdown = png_markdown(png)
+    markdown = png_markdown(png, "convergence")
     assert markdown.startswith("![convergence](data:image/png;base64,")
     assert base64.b64decode(markdown.split(",", 1)[1][:-1]) == png
     assert Image.open(io.BytesIO(convergence_plot([]))).format == "PNG"

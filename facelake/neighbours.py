@@ -233,10 +233,6 @@ def nearest_among(
     its runner-up by twice float32's proven error bound; only the other rows are re-ranked in float64.
     """
     n, k = lists.shape
-    if k == 1:
-        index = lists[:, 0]
-        rows = torch.arange(n, device=left.device)
-        return index, exact_dots(left, right, rows, index)
     dots = torch.bmm(right[lists], left.unsqueeze(2)).squeeze(2)
     best, where = dots.max(dim=1)
     margin = 2.0 * _FLOAT32.error_bound(left.shape[1]) * 1.0001

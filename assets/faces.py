@@ -8,9 +8,6 @@ finished shards.
 
 # No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
 
-import functools
-from collections.abc import Callable
-
 import numpy as np
 import pyarrow as pa
 from dagster import (
@@ -20,29 +17,19 @@ from dagster import (
     AssetsDefinition,
     MaterializeResult,
     PartitionsDefinition,
-    asset,
     asset_check,
 )
 
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
-from facelake.commit import PartitionArtifact
+from assets.pools import ArtifactFor, gpu_asset
 from facelake.detection_compare import compare_detections
 from facelake.face_stages import StageCounter, detect_shard, embed_shard
 from facelake.laion.part_download import read_parquet
 from facelake.models.registry import detector_model
 from facelake.shard_stage import commit_shard_stage, read_stage_table
-from facelake.storage import Storage
 from facelake.webdataset_reader import part_image_shards
 from resources import StorageResource
 from resources.models import ModelRegistryResource
-
-GPU_TAGS = {
-    "dagster-celery/queue": "gpu",
-    "dagster-k8s/config": {"container_config": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
-}
-ArtifactFor = Callable[[Storage, str], PartitionArtifact]
-gpu_asset = functools.partial(asset, pool="gpu", op_tags=GPU_TAGS, kinds={"pytorch", "parquet"})
-"""``@asset`` for GPU-bound stages: the ``gpu`` pool, celery queue and k8s GPU limit of DESIGN §4."""
 
 
 class FaceStageConfig(CommitConfig):
@@ -53,7 +40,8 @@ class FaceStageConfig(CommitConfig):
     """Threads decoding the next JPEG batch while the model runs (2 helps on GPU boxes with big images)."""
 
 
-def _stage_metadata(counter: StageCounter, extra: dict) -> dict:
+def stage_metadata(counter: StageCounter, extra: dict) -> dict:
+    """A face stage's metadata: throughput, images done now and skipped, faces per image, then ``extra``."""
     return {
         "images_per_second": round(counter.images_per_second(), 2),
         "images_processed_now": counter.images,
@@ -118,7 +106,7 @@ def detected_faces_asset(
             log=context.log.info,
         )
         extra = outcome.manifest.extra
-        metadata = _stage_metadata(
+        metadata = stage_metadata(
             counter, {"detector": detector.name, "device": str(detector.device), **_ints(extra)}
         )
         return materialize_result(context, out_artifact(lake, part), outcome, metadata)
@@ -219,7 +207,7 @@ def face_embeddings_asset(
             extra={"embedder": profile.provenance()},
             log=context.log.info,
         )
-        metadata = _stage_metadata(
+        metadata = stage_metadata(
             counter,
             {
                 "embedder": profile.describe(),

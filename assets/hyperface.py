@@ -26,8 +26,8 @@ from dagster import (
     asset,
 )
 
-from assets.faces import gpu_asset
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
+from assets.pools import gpu_asset
 from facelake.commit import Manifest
 from facelake.errors import UnknownPartitionError
 from facelake.hyperface import (

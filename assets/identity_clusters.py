@@ -32,9 +32,15 @@ from dagster import (
     asset,
 )
 
-from assets.faces import ArtifactFor, _stage_metadata, gpu_asset
-from assets.laion import GPU_FREE_TAGS, _fingerprints
-from assets.materializing import CommitConfig, code_version, materialize_result, owner
+from assets.faces import stage_metadata
+from assets.materializing import (
+    CommitConfig,
+    code_version,
+    materialize_result,
+    owner,
+    source_fingerprints,
+)
+from assets.pools import GPU_FREE_TAGS, ArtifactFor, gpu_asset
 from dagster_project.partitions import laion_parts
 from facelake import celebahq
 from facelake.commit import Attempt, FileEntry, Written, materialize_partition
@@ -296,7 +302,7 @@ def celebahq_assets(settings: FacelakeSettings) -> list:
 
         outcome = materialize_partition(
             artifact,
-            {**images_config, "source": _fingerprints(lake, files)},
+            {**images_config, "source": source_fingerprints(lake, files)},
             images_version,
             owner(context),
             write,
@@ -371,7 +377,7 @@ def celebahq_assets(settings: FacelakeSettings) -> list:
             artifact, stage_config, embed_version, owner(context), write, force=config.force
         )
         extra = outcome.manifest.extra
-        metadata = _stage_metadata(
+        metadata = stage_metadata(
             counter,
             {
                 "detector": detector.name,

@@ -23,7 +23,14 @@ from dagster import (
     observable_source_asset,
 )
 
-from assets.materializing import CommitConfig, code_version, materialize_result, owner
+from assets.materializing import (
+    CommitConfig,
+    code_version,
+    materialize_result,
+    owner,
+    source_fingerprints,
+)
+from assets.pools import GPU_FREE_TAGS
 from dagster_project.partitions import laion_parts
 from facelake.catalog import run_report
 from facelake.commit import Attempt, Written, materialize_partition
@@ -38,7 +45,6 @@ from resources import CatalogResource, Img2DatasetResource, LaionSourcesResource
 from resources.catalog import table_metadata
 
 GROUP = "laion_face"
-GPU_FREE_TAGS = {"dagster-celery/queue": "cpu"}
 
 
 class ImagesConfig(CommitConfig):
@@ -58,11 +64,6 @@ def _observe_parts(
         if lake.exists(uri):
             versions[key] = DataVersion(lake.fingerprint(uri))
     return DataVersionsByPartition(versions)
-
-
-def _fingerprints(lake, uris: list[str]) -> dict[str, str]:
-    """Source files' fingerprints, part of a run's config: a replaced source file is a new config."""
-    return {uri: lake.fingerprint(uri) if lake.exists(uri) else "missing" for uri in uris}
 
 
 def laion_assets(settings: FacelakeSettings) -> list:
@@ -123,7 +124,7 @@ def laion_assets(settings: FacelakeSettings) -> list:
 
         outcome = materialize_partition(
             artifact,
-            {**ids_config, "source": _fingerprints(lake, [source])},
+            {**ids_config, "source": source_fingerprints(lake, [source])},
             ids_version,
             owner(context),
             write,
@@ -163,7 +164,7 @@ def laion_assets(settings: FacelakeSettings) -> list:
 
         outcome = materialize_partition(
             artifact,
-            {"optout_uris": _fingerprints(lake, sources)},
+            {"optout_uris": source_fingerprints(lake, sources)},
             optout_version,
             owner(context),
             write,
@@ -207,7 +208,7 @@ def laion_assets(settings: FacelakeSettings) -> list:
 
         run_config = {
             **meta_config,
-            "source": _fingerprints(lake, [source]),
+            "source": source_fingerprints(lake, [source]),
             "face_ids": ids_manifest.content_hash,
         }
         outcome = materialize_partition(
@@ -344,7 +345,7 @@ def laion_assets(settings: FacelakeSettings) -> list:
 
         run_config = {
             **detections_config,
-            "source": _fingerprints(lake, [source]),
+            "source": source_fingerprints(lake, [source]),
             "optout": blocklist_manifest.content_hash,
             "meta": meta_manifest.content_hash,
         }

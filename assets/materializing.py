@@ -15,6 +15,7 @@ from dagster import (
 
 from facelake.commit import CommitOutcome, PartitionArtifact
 from facelake.hashing import config_hash
+from facelake.storage import Storage
 
 
 class CommitConfig(Config):
@@ -27,6 +28,11 @@ class CommitConfig(Config):
 def code_version(base: str, config: dict[str, Any]) -> str:
     """A code version that changes with the output-relevant config, so a config change shows as stale."""
     return f"{base}+cfg.{config_hash(config, 8)}"
+
+
+def source_fingerprints(lake: Storage, uris: list[str]) -> dict[str, str]:
+    """Source files' fingerprints, part of a run's config: a replaced source file is a new config."""
+    return {uri: lake.fingerprint(uri) if lake.exists(uri) else "missing" for uri in uris}
 
 
 def owner(context: AssetExecutionContext) -> str:

@@ -134,16 +134,23 @@ class DlibEmbedder:
             chips.append(self._dlib.get_face_chip(contiguous, shape, size=CHIP_SIZE, padding=CHIP_PADDING))
         return chips
 
-    def embed_aligned(self, faces: Images) -> np.ndarray:
-        """Embeddings ``[N, 128]`` of chips aligned as ``dlib.get_face_chip`` does (150x150 RGB)."""
+    def raw_descriptors_aligned(self, faces: Images) -> np.ndarray:
+        """dlib's own descriptors ``[N, 128]`` float64, NOT normalised: the space of its 0.6 threshold."""
         chips = [np.ascontiguousarray(chip) for chip in face_batch(faces)]
         for index, chip in enumerate(chips):
             if chip.shape[:2] != (CHIP_SIZE, CHIP_SIZE):
                 raise ValueError(f"dlib chip {index} must be {CHIP_SIZE}x{CHIP_SIZE}, got {chip.shape[:2]}")
         if not chips:
-            return np.zeros((0, 128), dtype=np.float32)
-        raw = np.array(self._net.compute_face_descriptor(chips, self.num_jitters), dtype=np.float64)
-        return l2_normalise(raw)
+            return np.zeros((0, 128), dtype=np.float64)
+        return np.array(self._net.compute_face_descriptor(chips, self.num_jitters), dtype=np.float64)
+
+    def raw_descriptors(self, images: Images, boxes: np.ndarray) -> np.ndarray:
+        """dlib's raw descriptors of the faces in ``boxes`` (what ``dlib`` users compare against 0.6)."""
+        return self.raw_descriptors_aligned(self.chips(images, boxes))
+
+    def embed_aligned(self, faces: Images) -> np.ndarray:
+        """Embeddings ``[N, 128]`` of chips aligned as ``dlib.get_face_chip`` does (150x150 RGB)."""
+        return l2_normalise(self.raw_descriptors_aligned(faces))
 
     def embed(self, images: Images, boxes: np.ndarray, landmarks: np.ndarray | None = None) -> np.ndarray:
         """Embeddings ``[N, 128]`` of the faces in ``boxes``; ``landmarks`` are ignored (dlib finds its own)."""

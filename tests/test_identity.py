@@ -74,11 +74,19 @@ def darker(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 VARIATIONS = [flipped, cropped, half_size, jpeg_q40, brighter, darker]
 
 
-def embed_photo(embedder, name: str, variation=None) -> np.ndarray:
+def photo(name: str, variation=None) -> tuple[np.ndarray, np.ndarray]:
     image, box = real_faces()[name], face_box(name).box
-    if variation is not None:
-        image, box = variation(image, box)
+    return (image, box) if variation is None else variation(image, box)
+
+
+def embed_photo(embedder, name: str, variation=None) -> np.ndarray:
+    image, box = photo(name, variation)
     return embedder.embed(image, box[None])[0]
+
+
+def raw_photo(embedder, name: str, variation=None) -> np.ndarray:
+    image, box = photo(name, variation)
+    return embedder.raw_descriptors(image, box[None])[0]
 
 
 @pytest.mark.parametrize("name", PEOPLE)
@@ -91,6 +99,9 @@ def test_dlib_same_face_stays_close_under_flip_crop_scale_jpeg_brightness(
     distance = float(np.linalg.norm(original - varied))
     assert distance < 0.3
     assert distance < dlib_embedder.profile.same_identity_l2
+    # dlib's own space, where its thresholds are defined: the same face stays closer than 0.4
+    raw_distance = np.linalg.norm(raw_photo(dlib_embedder, name) - raw_photo(dlib_embedder, name, variation))
+    assert raw_distance < 0.4
 
 
 def test_dlib_different_people_are_far_apart_and_vectors_are_unit(dlib_embedder) -> None:
@@ -101,6 +112,11 @@ def test_dlib_different_people_are_far_apart_and_vectors_are_unit(dlib_embedder)
     distance = float(np.linalg.norm(astronaut - hopper))
     # measured 0.478 on unit vectors (0.686 on dlib's raw descriptors, whose norm is ~1.4)
     assert distance > 0.45
+    # dlib's own space, where its 0.6 threshold is defined: two different people are farther than 0.6
+    raw_astronaut, raw_hopper = (raw_photo(dlib_embedder, name) for name in PEOPLE)
+    assert np.linalg.norm(raw_astronaut - raw_hopper) > 0.6
+    for raw, unit in ((raw_astronaut, astronaut), (raw_hopper, hopper)):
+        assert np.allclose(raw / np.linalg.norm(raw), unit, atol=1e-6)  # the stored vector is raw, normalised
     assert distance > dlib_embedder.profile.same_identity_l2
     cosine_distance = 1.0 - float(astronaut @ hopper)
     assert cosine_distance == pytest.approx(distance**2 / 2, abs=1e-6)

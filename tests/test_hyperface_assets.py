@@ -203,7 +203,8 @@ def test_demo_metadata_reports_metrics_plot_device_and_timing(demo):
     assert set(metadata["nn_cosine_quantiles"]) >= {"p01", "p50", "p99"}
     assert metadata["identities"] == IDENTITIES and metadata["dimension"] == 128 and metadata["shards"] == 4
     assert metadata["device"] in ("cpu", "cuda") or metadata["device"].startswith("cuda")
-    assert metadata["screen"] and "packing_seconds" in metadata
+    reported = ("screen", "packing_seconds")  # the time is a measurement: present, its value never asserted
+    assert all(key in metadata for key in reported) and metadata["screen"]
     assert metadata["embedder_random_init"] is False and "warning" not in metadata
     assert metadata["reused_committed_partition"] is False and metadata["resumed_from_checkpoint"] is False
     markdown = metadata["convergence_plot"]

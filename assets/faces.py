@@ -22,12 +22,12 @@ from dagster import (
 
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
 from assets.pools import ArtifactFor, gpu_asset
-from facelake.detection_compare import compare_detections
-from facelake.face_stages import StageCounter, detect_shard, embed_shard
-from facelake.laion.part_download import read_parquet
+from facelake.faces.detection_compare import compare_detections
+from facelake.faces.stages import StageCounter, detect_shard, embed_shard
+from facelake.lake.shard_stage import commit_shard_stage, read_stage_table
+from facelake.lake.tables import read_parquet
+from facelake.lake.webdataset_reader import part_image_shards
 from facelake.models.registry import detector_model
-from facelake.shard_stage import commit_shard_stage, read_stage_table
-from facelake.webdataset_reader import part_image_shards
 from resources import StorageResource
 from resources.models import ModelRegistryResource
 
@@ -189,7 +189,7 @@ def face_embeddings_asset(
         faces_manifest = faces_artifact.require_manifest()
         shards = {s.shard_id: s for s in part_image_shards(lake, source)}
         faces: pa.Table = read_stage_table(lake, faces_artifact)
-        embedder = models.embedder()
+        embedder = models.identity_embedder()
         profile = embedder.profile
         context.log.info(f"embedder: {profile.describe()}")
         stage_config = {**profile.provenance(), "faces": faces_manifest.content_hash}

@@ -28,9 +28,8 @@ from dagster import (
 
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
 from assets.pools import gpu_asset
-from facelake.commit import Manifest
-from facelake.errors import UnknownPartitionError
-from facelake.hyperface import (
+from facelake.faces.identity import EmbedderProfile
+from facelake.hyperface.references import (
     PLOT_FILE,
     RANDOM_WEIGHTS_WARNING,
     commit_gallery,
@@ -41,10 +40,12 @@ from facelake.hyperface import (
     reference_artifact,
     validate_variants,
 )
-from facelake.identity import EmbedderProfile
 from facelake.laion import artifacts as laion_artifacts
-from facelake.plots import png_markdown
-from facelake.settings import LAION_PARTS, FacelakeSettings
+from facelake.laion.formats import LAION_PARTS
+from facelake.lake.commit import Manifest
+from facelake.lake.errors import UnknownPartitionError
+from facelake.lake.plots import png_markdown
+from facelake.settings import FacelakeSettings
 from resources import StorageResource
 
 GROUP = "hyperface"

@@ -40,14 +40,10 @@ from assets.materializing import (
     owner,
     source_fingerprints,
 )
+from assets.partitions import laion_parts
 from assets.pools import GPU_FREE_TAGS, ArtifactFor, gpu_asset
-from dagster_project.partitions import laion_parts
-from facelake import celebahq
-from facelake.commit import Attempt, FileEntry, Written, materialize_partition
-from facelake.errors import InputError
-from facelake.face_stages import StageCounter
-from facelake.identity import EmbedderProfile, embedding_table
-from facelake.identity_clusters import (
+from facelake.celebahq import dataset as celebahq
+from facelake.clusters.identity_clusters import (
     EmbeddingInput,
     IdentityClusters,
     assignments_table,
@@ -57,13 +53,18 @@ from facelake.identity_clusters import (
     read_embeddings,
     write_parquet,
 )
+from facelake.clusters.nn_similarity import nn_similarity_png
+from facelake.clusters.settings import ClusteringSettings
+from facelake.faces.identity import EmbedderProfile, embedding_table
+from facelake.faces.stages import StageCounter
 from facelake.laion import artifacts as laion_artifacts
 from facelake.laion.artifacts import committed_file
+from facelake.lake.commit import Attempt, FileEntry, Written, materialize_partition
+from facelake.lake.errors import InputError
+from facelake.lake.plots import png_markdown
+from facelake.lake.storage import Storage
 from facelake.models.registry import detector_model
-from facelake.nn_similarity import nn_similarity_png
-from facelake.plots import png_markdown
-from facelake.settings import ClusteringSettings, FacelakeSettings
-from facelake.storage import Storage
+from facelake.settings import FacelakeSettings
 from resources import StorageResource
 from resources.models import ModelRegistryResource
 
@@ -340,7 +341,7 @@ def celebahq_assets(settings: FacelakeSettings) -> list:
         lake = storage.get()
         index_uri, index_manifest = _committed(lake, celebahq.images_artifact, celebahq.INDEX_FILE)
         artifact = celebahq.embeddings_artifact(lake)
-        detector, embedder = models.detector(), models.embedder()
+        detector, embedder = models.detector(), models.identity_embedder()
         weights = models.describe(detector_model(models.detector_backbone))
         profile = embedder.profile
         stage_config = {

@@ -30,16 +30,17 @@ from assets.materializing import (
     owner,
     source_fingerprints,
 )
+from assets.partitions import laion_parts
 from assets.pools import GPU_FREE_TAGS
-from dagster_project.partitions import laion_parts
 from facelake.catalog import run_report
-from facelake.commit import Attempt, Written, materialize_partition
 from facelake.laion import artifacts
 from facelake.laion.detections import convert_sample2detect
 from facelake.laion.ids import convert_face_ids, read_part_ids
 from facelake.laion.meta import filter_meta_part
 from facelake.laion.optout import blocked_sample_ids, read_blocklists
-from facelake.laion.part_download import download_part, drop_rows_with_ids, read_parquet
+from facelake.laion.part_download import download_part, drop_rows_with_ids
+from facelake.lake.commit import Attempt, Written, materialize_partition
+from facelake.lake.tables import read_parquet
 from facelake.settings import FacelakeSettings
 from resources import CatalogResource, Img2DatasetResource, LaionSourcesResource, StorageResource
 from resources.catalog import table_metadata

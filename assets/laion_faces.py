@@ -4,7 +4,7 @@ and identity embeddings of every detected face (the factories of :mod:`assets.fa
 from dagster import AssetKey
 
 from assets.faces import detected_faces_asset, detections_agreement_check, face_embeddings_asset
-from dagster_project.partitions import laion_parts
+from assets.partitions import laion_parts
 from facelake.laion import artifacts
 from facelake.settings import FacelakeSettings
 

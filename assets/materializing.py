@@ -13,9 +13,9 @@ from dagster import (
     MetadataValue,
 )
 
-from facelake.commit import CommitOutcome, PartitionArtifact
-from facelake.hashing import config_hash
-from facelake.storage import Storage
+from facelake.lake.commit import CommitOutcome, PartitionArtifact
+from facelake.lake.hashing import config_hash
+from facelake.lake.storage import Storage
 
 
 class CommitConfig(Config):

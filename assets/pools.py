@@ -5,8 +5,8 @@ from collections.abc import Callable
 
 from dagster import asset
 
-from facelake.commit import PartitionArtifact
-from facelake.storage import Storage
+from facelake.lake.commit import PartitionArtifact
+from facelake.lake.storage import Storage
 
 GPU_TAGS = {
     "dagster-celery/queue": "gpu",

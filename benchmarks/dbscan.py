@@ -1,7 +1,7 @@
 """Benchmark: dbscan_cosine against scikit-learn's DBSCAN(metric="cosine") (the anchor), and against the bare
 blocked Gram product it is built on.
 
-Data: synthetic identities on the sphere shaped like CelebA-HQ's ArcFace vectors (facelake.synthetic.identities:
+Data: synthetic identities on the sphere shaped like CelebA-HQ's ArcFace vectors (synthetic.identities:
 1-5 samples per identity, same-identity cosine ~0.8, different ~0.25; 28k rows give ~9.3k identities), cached
 as .npy. Every side runs in its own fresh process, alternating, ``--runs`` times; the time is measured inside
 the child around the clustering call only (data loaded before the clock), peak RSS is the child's own VmHWM.
@@ -54,8 +54,8 @@ def run_side(side: str, data: str, eps: float, min_samples: int, screen: str, bl
     """
     vectors = np.load(data)
     if side == "ours":
-        from facelake.clustering import dbscan_cosine
-        from facelake.gram import select_backend
+        from facelake.clusters.dbscan import dbscan_cosine
+        from facelake.vectors.gram import select_backend
 
         started = time.perf_counter()
         select_backend(screen, vectors.shape[1])
@@ -83,8 +83,8 @@ def bare_product_seconds(vectors: np.ndarray, screen: str, block: int | None) ->
     """Seconds of one upper-triangle Gram product, block by block, with the backend and block ours used."""
     import torch
 
-    from facelake.clustering import default_block, unit_norms
-    from facelake.gram import select_backend, strict_matmul, upper_blocks
+    from facelake.clusters.dbscan import default_block, unit_norms
+    from facelake.vectors.gram import select_backend, strict_matmul, upper_blocks
 
     backend = select_backend(screen, vectors.shape[1])
     block = block or default_block(backend.device)
@@ -136,7 +136,7 @@ def run_child(side: str, data: Path, args: argparse.Namespace, tag: str, screen:
 
 def prepare(folder: Path, n: int, dim: int, seed: int) -> Path:
     """The cached synthetic identity vectors (made if absent)."""
-    from facelake.synthetic.identities import synthetic_identities
+    from synthetic.identities import synthetic_identities
 
     path = folder / f"identities-n{n}-d{dim}-seed{seed}.npy"
     if not path.exists():
@@ -158,7 +158,7 @@ def print_machine(dim: int, screen: str) -> None:
     import threadpoolctl
     import torch
 
-    from facelake.gram import default_device, measured_backends, select_backend
+    from facelake.vectors.gram import default_device, measured_backends, select_backend
 
     envs = "  ".join(f"{name}={os.environ.get(name, '(unset)')}" for name in THREAD_ENVS)
     blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]

@@ -1,6 +1,6 @@
 """Benchmark: images/s of our face asset path against a plain batch-face + dlib loop (the anchor), per part.
 
-Input (built once, cached): an offline LAION-Face world (:mod:`facelake.synthetic.world`: varied JPEG crops
+Input (built once, cached): an offline LAION-Face world (:mod:`synthetic.world`: varied JPEG crops
 of two real face photos, served on 127.0.0.1) whose part 00000 is downloaded by the real pipeline (the
 inputs and part jobs, img2dataset) into webdataset shards. Both sides read those same tars.
 
@@ -78,10 +78,10 @@ def prepare(folder: Path, faces: int, per_shard: int, seed: int) -> Path:
 
     from dagster_project.definitions import build_definitions
     from facelake.laion import artifacts
+    from facelake.lake.webdataset_reader import part_image_shards
     from facelake.settings import load_settings
-    from facelake.synthetic.image_server import ImageServer
-    from facelake.synthetic.world import WorldSpec, build_laion_world, write_config
-    from facelake.webdataset_reader import part_image_shards
+    from synthetic.image_server import ImageServer
+    from synthetic.world import WorldSpec, build_laion_world, write_config
 
     started = time.perf_counter()
     spec = WorldSpec(rows=faces + faces // 5, face_rows=faces, slow=0, seed=seed)
@@ -135,7 +135,7 @@ class ModelTimer:
 
 def first_image(case: Path) -> np.ndarray:
     """The first image of the input (for warming up the models before the clock)."""
-    from facelake.webdataset_reader import decode_rgb
+    from facelake.lake.images import decode_rgb
 
     shard = json.loads((case / INPUTS_FILE).read_text())["shards"][0]
     with tarfile.open(shard["tar"]) as tar:
@@ -153,13 +153,13 @@ def run_ours(case: Path) -> dict[str, Any]:
     """The two asset bodies, in-process, over the part; model loading and warm-up before the clock."""
     import pyarrow.compute as pc
 
-    from facelake.face_stages import detect_shard, embed_shard
-    from facelake.identity import table_embeddings
+    from facelake.faces.identity import table_embeddings
+    from facelake.faces.stages import detect_shard, embed_shard
     from facelake.laion import artifacts
+    from facelake.lake.shard_stage import commit_shard_stage, read_stage_table
+    from facelake.lake.webdataset_reader import part_image_shards
     from facelake.models.registry import ModelRegistry, detector_model
     from facelake.settings import load_settings
-    from facelake.shard_stage import commit_shard_stage, read_stage_table
-    from facelake.webdataset_reader import part_image_shards
 
     settings = load_settings()
     lake, models = settings.storage(), settings.models
@@ -256,7 +256,7 @@ def run_plain(case: Path) -> dict[str, Any]:
     import dlib
     from PIL import Image
 
-    from facelake.detection import build_retinaface, load_retinaface_state_dict
+    from facelake.faces.detection import build_retinaface, load_retinaface_state_dict
     from facelake.models.registry import ModelRegistry, detector_model
     from facelake.settings import load_settings
 

@@ -36,7 +36,7 @@ def convert(side: str, src: str, ids_path: str, dst: str) -> dict:
         started = time.perf_counter()
         rows_out = filter_meta_part(src, ids, dst)["rows_out"]
     else:
-        from facelake.laion.authors_reference import authors_convert_part
+        from synthetic.laion_authors_reference import authors_convert_part
 
         split = ids.tolist()  # the friendliest container for their set(): plain Python ints
         started = time.perf_counter()
@@ -46,7 +46,7 @@ def convert(side: str, src: str, ids_path: str, dst: str) -> dict:
 
 def prepare(folder: Path, rows: int, fraction: float, seed: int) -> tuple[Path, Path]:
     """The cached synthetic part and id split (made if absent)."""
-    from facelake.synthetic.laion_meta import choose_face_ids, meta_part_name, write_meta_part
+    from synthetic.laion_meta import choose_face_ids, meta_part_name, write_meta_part
 
     folder = folder / f"rows{rows}-seed{seed}"
     src, ids_path = folder / meta_part_name(0), folder / f"face_ids_{fraction}.npy"

@@ -1,9 +1,9 @@
-"""Benchmark: facelake.packing against a straightforward implementation of the paper's full-batch method.
+"""Benchmark: facelake.hyperface.packing against a straightforward implementation of the paper's full-batch method.
 
 The anchor (``reference_pack`` below) is HyperFace Alg. 1 as one would first write it in PyTorch: a dense
 N×N Gram of the normalised points, the diagonal masked, ``max`` per row, the gallery term through a dense
 N×M Gram, autograd, ``torch.optim.Adam`` and ``StepLR``, re-normalisation after each step. Both sides start
-from the same points (``facelake.packing.initial_points``, same seed) with the same optimizer settings.
+from the same points (``facelake.hyperface.packing.initial_points``, same seed) with the same optimizer settings.
 
 Cases (each side in its own fresh process; peak RSS from wait4):
   a  time per full-batch iteration at N=10,000, d=512, gallery 10,000 (target >= 5x faster), and how far
@@ -91,15 +91,15 @@ def reference_pack(
 
 
 def _config(n: int, **overrides):
-    from facelake.packing import PackingConfig
+    from facelake.hyperface.packing import PackingConfig
 
     return PackingConfig(identities=n, algorithm="full", checkpoint_every=0, **overrides)
 
 
 def floor_seconds(run, repeats: int = 2) -> float:
     """One upper-triangle N×N×d product in the run's screening precision (blocks, no reductions)."""
-    from facelake.gram import upper_blocks
-    from facelake.neighbours import screened_gram
+    from facelake.vectors.gram import upper_blocks
+    from facelake.vectors.neighbours import screened_gram
 
     screened = run.backends["self"].prepare(run.x.detach())
     best = float("inf")
@@ -113,7 +113,7 @@ def floor_seconds(run, repeats: int = 2) -> float:
 
 def fast_steps_within(n: int, gallery: np.ndarray, dim: int, budget: float, probe: int = 4) -> int:
     """How many fast-optimizer steps fit in ``budget`` seconds (timed on a throw-away run; 5% spare)."""
-    from facelake.packing_fast import FastRun
+    from facelake.hyperface.packing_fast import FastRun
 
     run = FastRun(_config(n, optimizer="fast", iterations=1000, log_every=1000), gallery, dim)
     run.full_step()  # warm-up: backend measurement, gallery cache
@@ -126,7 +126,7 @@ def fast_steps_within(n: int, gallery: np.ndarray, dim: int, budget: float, prob
 
 def child(side: str, params: dict, dim: int) -> dict:
     """One side of one case, in this (fresh) process."""
-    from facelake.packing import _Run, initial_points, pack, packing_metrics
+    from facelake.hyperface.packing import PackingRun, initial_points, pack, packing_metrics
 
     gallery = synthetic_gallery(params["gallery"], dim, seed=1)
     if side in ("a-ref", "a-ours"):
@@ -141,7 +141,7 @@ def child(side: str, params: dict, dim: int) -> dict:
             times.append(time.perf_counter())
             reference_pack(init, gallery, config, params["repeats"] + 1, on_step=tick)
         else:
-            run = _Run(config, gallery, dim)
+            run = PackingRun(config, gallery, dim)
             times.append(time.perf_counter())
             for _ in range(params["repeats"] + 1):
                 run.full_step()
@@ -197,7 +197,7 @@ def child(side: str, params: dict, dim: int) -> dict:
             "screen": result.screen,
         }
     if side == "c-ours":
-        from facelake.packing import PackingConfig
+        from facelake.hyperface.packing import PackingConfig
 
         config = PackingConfig(
             identities=params["n"], algorithm="stochastic", batch_size=params["batch"],
@@ -242,7 +242,7 @@ def run_child(side: str, params: dict, args: argparse.Namespace, folder: Path) -
 def machine(args: argparse.Namespace) -> None:
     from threadpoolctl import threadpool_info
 
-    from facelake.gram import default_device, measured_backends
+    from facelake.vectors.gram import default_device, measured_backends
 
     torch.set_num_threads(args.threads)
     device = default_device()

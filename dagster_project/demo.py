@@ -3,7 +3,7 @@ CelebA-HQ identity clusters and HyperFace reference embeddings.
 
 ``python -m dagster_project.demo`` (``make demo``): local files, a persistent SQLite Dagster instance under
 ``.facelake/demo/dagster_home``, images served by an HTTP server on 127.0.0.1. After the LAION-Face part, a
-CelebA-HQ source of two real people (``facelake.synthetic.celebahq_photos``) goes under the world's sources
+CelebA-HQ source of two real people (``synthetic.celebahq_photos``) goes under the world's sources
 and ``celebahq_identity_job`` clusters it; ``hyperface_gallery`` is built from part 00000's embeddings and
 ``hyperface_reference_job`` packs the ``demo`` variant. Afterwards ``make dev`` opens the UI on the same
 instance, with the runs, partitions and metadata of this demo.
@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from dagster import DagsterInstance, Definitions
 
+    from facelake.lake.storage import Storage
     from facelake.settings import FacelakeSettings
-    from facelake.storage import Storage
 
 DEMO_DIR = Path(".facelake/demo")
 DEMO_PORT = 8765
@@ -37,8 +37,8 @@ def prepare_instance(home: Path) -> None:
 def run_demo(base: Path, port: int, part: str = "00000") -> dict:
     """Build the world, serve it, materialize the inputs, one part and the report, then the CelebA-HQ identity
     clusters and the HyperFace demo variant; returns a summary."""
-    from facelake.synthetic.image_server import ImageServer
-    from facelake.synthetic.world import build_laion_world
+    from synthetic.image_server import ImageServer
+    from synthetic.world import build_laion_world
 
     base = base.absolute()
     home = base / "dagster_home"
@@ -83,7 +83,7 @@ def run_identity_and_hyperface(
     and the ``variant`` partition of ``hyperface_reference_job`` on ``instance``; returns their results."""
     import dagster
 
-    from facelake.synthetic.celebahq_photos import write_two_people_source
+    from synthetic.celebahq_photos import write_two_people_source
 
     folder = settings.source_uri(settings.clustering.celebahq_uri)
     source = write_two_people_source(settings.storage(), folder, overwrite=False)
@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_identity_and_hyperface(summary: dict, lake: Storage) -> None:
     """The CelebA-HQ clusters and the HyperFace variant, read back from their committed manifests."""
-    from facelake import celebahq, hyperface
+    from facelake.celebahq import dataset as celebahq
+    from facelake.hyperface import references as hyperface
 
     runs = ", ".join(summary["later_runs"])
     print(f"\nCelebA-HQ identity clusters and HyperFace reference embeddings (runs: {runs})")

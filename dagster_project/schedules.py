@@ -18,7 +18,7 @@ from dagster import (
 from assets.laion import LAION_PART_ASSETS
 from dagster_project.jobs import laion_face_part_job
 from facelake.laion import artifacts
-from facelake.scheduling import plan_part_requests
+from facelake.laion.scheduling import plan_part_requests
 from facelake.settings import FacelakeSettings
 from resources import StorageResource
 

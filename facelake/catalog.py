@@ -1,338 +1,39 @@
-"""DuckDB views over the COMMITTED parquet artifacts (DESIGN §2, §3): the LAION-Face tables in SQL.
+"""The one catalog: every domain's :class:`~facelake.lake.catalog.CatalogSection` in one DuckDB connection.
 
-Only committed partitions are visible. Partitions are found by listing ``{root}/laion_face/<artifact>/``;
-a partition counts only if it holds a ``_manifest.json``, and the files a view reads come from that
-manifest, never from a glob, so files of a crashed attempt or an uncommitted shard are never read. On a
-remote root the storage's own fsspec filesystem is registered with DuckDB (DuckDB cannot fetch its httpfs
-extension offline) and files are read by their full URIs (``s3://bucket/key``). A catalog is a snapshot
-of what was committed when it was opened: :func:`refresh` (or a new catalog) shows later commits.
-
-Views (the names are the contract; each has a ``part`` column), defined in ``sql/laion_face_views.sql``:
-
-- ``laion_face_meta``: the LAION-Face rows of laion400m-meta of every committed part;
-- ``laion_face_samples``: one row per SAMPLE_ID per part, the download's final status (``samples.parquet``);
-- ``laion_face_download``: img2dataset's rows of the committed shards (one per attempt), plus ``shard_id``;
-- ``laion_face_detections``: the released detections, one row per face.
-
-Tables: ``laion_face_partitions`` (one row per committed manifest of any ``laion_face`` artifact) and
-``laion_face_files`` (the files those manifests list, with sizes). ``sql/laion_face_report.sql`` is the
-per-part report (:func:`run_report`).
+A domain that writes tables adds its section to :data:`SECTIONS`; ``open_catalog(storage)`` then shows its
+views beside the others (see :mod:`facelake.lake.catalog` for what is visible: committed partitions only).
 """
 
 from __future__ import annotations
 
-import os
-import re
-from dataclasses import dataclass
-from pathlib import Path
-
 import duckdb
-import pyarrow as pa
 
-from facelake.commit import Manifest, PartitionArtifact
-from facelake.errors import InputError
-from facelake.laion.artifacts import DATASET
-from facelake.laion.detections import DETECTIONS_SCHEMA
-from facelake.laion.download_accounting import RESOLVED_SCHEMA
-from facelake.laion.formats import LAION400M_META_SCHEMA
-from facelake.settings import LAION_PARTS
-from facelake.storage import Storage
+from facelake.laion.catalog import LAION_FACE, REPORT_SQL, run_report
+from facelake.lake import catalog as lake_catalog
+from facelake.lake.catalog import SQL_DIR_ENV, CommittedPartition, describe, query, sql_path
+from facelake.lake.storage import Storage
 
-VIEWS_SQL = "laion_face_views.sql"
-REPORT_SQL = "laion_face_report.sql"
-SQL_DIR_ENV = "FACELAKE_SQL_DIR"
-PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
+SECTIONS = (LAION_FACE,)
+"""Every section of the catalog, in view-creation order."""
 
-# What img2dataset writes to ``NNNNN.parquet`` with the LAION-Face download options.
-IMG2DATASET_SHARD_SCHEMA = pa.schema(
-    [
-        ("NSFW", pa.string()),
-        ("similarity", pa.float64()),
-        ("LICENSE", pa.string()),
-        ("SAMPLE_ID", pa.int64()),
-        ("caption", pa.string()),
-        ("url", pa.string()),
-        ("key", pa.string()),
-        ("status", pa.string()),
-        ("error_message", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("original_width", pa.int32()),
-        ("original_height", pa.int32()),
-        ("exif", pa.string()),
-        ("sha256", pa.string()),
-    ]
-)
-PARTITIONS_SCHEMA = pa.schema(
-    [
-        ("artifact", pa.string()),
-        ("part", pa.string()),
-        ("rows", pa.int64()),
-        ("files", pa.int64()),
-        ("bytes", pa.int64()),
-        ("content_hash", pa.string()),
-        ("config_hash", pa.string()),
-        ("code_version", pa.string()),
-        ("created_at", pa.string()),
-        ("uri", pa.string()),
-    ]
-)
-FILES_SCHEMA = pa.schema(
-    [
-        ("artifact", pa.string()),
-        ("part", pa.string()),
-        ("path", pa.string()),
-        ("uri", pa.string()),
-        ("size", pa.int64()),
-        ("rows", pa.int64()),
-        ("sha256", pa.string()),
-    ]
-)
-
-
-@dataclass(frozen=True)
-class ViewSource:
-    """The committed files behind one view: an artifact's manifest entries whose path matches ``files``."""
-
-    placeholder: str
-    artifact: str
-    files: re.Pattern[str]
-    empty_schema: pa.Schema
-
-
-LAION_FACE_SOURCES = (
-    ViewSource("meta_source", "meta", re.compile(r".*\.parquet"), LAION400M_META_SCHEMA),
-    ViewSource("samples_source", "images", re.compile(r"(.*/)?samples\.parquet"), RESOLVED_SCHEMA),
-    ViewSource("download_source", "images", re.compile(r"shards/[0-9]+\.parquet"), IMG2DATASET_SHARD_SCHEMA),
-    ViewSource("detections_source", "detections", re.compile(r".*\.parquet"), DETECTIONS_SCHEMA),
-)
-
-
-@dataclass(frozen=True)
-class CommittedPartition:
-    """One partition of a ``laion_face`` artifact that has a manifest."""
-
-    artifact: PartitionArtifact
-    manifest: Manifest
-
-    def files(self, pattern: re.Pattern[str] | None = None) -> list[str]:
-        """URIs of the manifest's files whose relative path fully matches ``pattern`` (all without one)."""
-        paths = [f.path for f in self.manifest.files]
-        return [self.artifact.uri(p) for p in paths if pattern is None or pattern.fullmatch(p)]
-
-
-# --- finding committed partitions ------------------------------------------------------------------------
-
-
-def _name(uri: str) -> str:
-    return uri.rstrip("/").rsplit("/", 1)[-1]
-
-
-def _visible(name: str) -> bool:
-    return bool(name) and not name.startswith(("_", "."))
-
-
-def _read_manifest(artifact: PartitionArtifact) -> Manifest | None:
-    try:
-        return artifact.manifest()
-    except (ValueError, TypeError, KeyError) as exc:
-        raise InputError(artifact.manifest_uri, f"unreadable partition manifest: {exc}") from exc
-
-
-def committed_partitions(storage: Storage, dataset: str = DATASET) -> list[CommittedPartition]:
-    """Every partition under ``{root}/{dataset}/<artifact>/<partition>/`` that has a manifest, sorted."""
-    found = []
-    for artifact_uri in storage.listdir(storage.uri(dataset)):
-        if not _visible(_name(artifact_uri)):
-            continue
-        for partition_uri in storage.listdir(artifact_uri):
-            if not _visible(_name(partition_uri)):
-                continue
-            artifact = PartitionArtifact(storage, dataset, _name(artifact_uri), _name(partition_uri))
-            manifest = _read_manifest(artifact)
-            if manifest is not None:
-                found.append(CommittedPartition(artifact, manifest))
-    return sorted(found, key=lambda c: (c.artifact.artifact, c.artifact.partition))
-
-
-def source_files(partitions: list[CommittedPartition], source: ViewSource) -> list[str]:
-    """The committed files a view reads: its artifact's parts (00000…00031) and matching manifest paths."""
-    return [
-        uri
-        for c in partitions
-        if c.artifact.artifact == source.artifact and c.artifact.partition in LAION_PARTS
-        for uri in c.files(source.files)
-    ]
-
-
-def partitions_table(partitions: list[CommittedPartition]) -> pa.Table:
-    """One row per committed manifest (:data:`PARTITIONS_SCHEMA`)."""
-    rows = [
-        {
-            "artifact": c.artifact.artifact,
-            "part": c.artifact.partition,
-            "rows": c.manifest.rows,
-            "files": len(c.manifest.files),
-            "bytes": sum(f.size for f in c.manifest.files),
-            "content_hash": c.manifest.content_hash,
-            "config_hash": c.manifest.config_hash,
-            "code_version": c.manifest.code_version,
-            "created_at": c.manifest.created_at,
-            "uri": c.artifact.prefix,
-        }
-        for c in partitions
-    ]
-    return pa.Table.from_pylist(rows, schema=PARTITIONS_SCHEMA)
-
-
-def files_table(partitions: list[CommittedPartition]) -> pa.Table:
-    """One row per file the committed manifests list (:data:`FILES_SCHEMA`)."""
-    rows = [
-        {
-            "artifact": c.artifact.artifact,
-            "part": c.artifact.partition,
-            "path": f.path,
-            "uri": c.artifact.uri(f.path),
-            "size": f.size,
-            "rows": f.rows,
-            "sha256": f.sha256,
-        }
-        for c in partitions
-        for f in c.manifest.files
-    ]
-    return pa.Table.from_pylist(rows, schema=FILES_SCHEMA)
-
-
-# --- SQL text ---------------------------------------------------------------------------------------------
-
-
-def sql_dirs() -> list[Path]:
-    """Where SQL files are looked for: ``$FACELAKE_SQL_DIR``, the repository's ``sql/``, ``./sql``."""
-    env = os.environ.get(SQL_DIR_ENV)
-    repo = Path(__file__).resolve().parents[1] / "sql"
-    return [Path(p) for p in (env, repo, Path.cwd() / "sql") if p]
-
-
-def sql_path(name: str) -> Path:
-    """The SQL file ``name``; raises InputError naming every place it was looked for."""
-    dirs = sql_dirs()
-    for folder in dirs:
-        if (folder / name).is_file():
-            return folder / name
-    looked = ", ".join(str(d / name) for d in dirs)
-    raise InputError(name, f"SQL file not found (looked at {looked}; set {SQL_DIR_ENV} to the sql/ folder)")
-
-
-def render_sql(name: str, values: dict[str, str]) -> str:
-    """The SQL file with each ``{placeholder}`` replaced; an unknown placeholder is an error."""
-    path = sql_path(name)
-
-    def fill(match: re.Match[str]) -> str:
-        if match.group(1) not in values:
-            raise InputError(str(path), f"unknown placeholder {match.group(0)} (known: {sorted(values)})")
-        return values[match.group(1)]
-
-    return PLACEHOLDER.sub(fill, path.read_text())
-
-
-def quote_identifier(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def sql_string_list(values: list[str]) -> str:
-    """A DuckDB list literal of quoted strings: ``['a', 'it''s']``."""
-    return "[" + ", ".join("'" + v.replace("'", "''") + "'" for v in values) + "]"
-
-
-def empty_relation_sql(conn: duckdb.DuckDBPyConnection, schema: pa.Schema) -> str:
-    """A subquery with no rows and the columns of ``schema`` plus ``filename`` (as read_parquet gives)."""
-    types = conn.from_arrow(schema.empty_table()).types
-    columns = [
-        f"CAST(NULL AS {t}) AS {quote_identifier(n)}" for n, t in zip(schema.names, types, strict=True)
-    ]
-    return f"(SELECT {', '.join([*columns, 'CAST(NULL AS VARCHAR) AS filename'])} WHERE false)"
-
-
-def source_sql(conn: duckdb.DuckDBPyConnection, source: ViewSource, uris: list[str]) -> str:
-    """What a view selects from: its committed files, or an empty relation with its columns."""
-    if not uris:
-        return empty_relation_sql(conn, source.empty_schema)
-    return f"read_parquet({sql_string_list(uris)}, filename = true, union_by_name = true)"
-
-
-# --- the catalog ------------------------------------------------------------------------------------------
-
-
-def register_storage(conn: duckdb.DuckDBPyConnection, storage: Storage) -> None:
-    """Let DuckDB read the storage's URIs: register its fsspec filesystem when the root is remote."""
-    if storage.protocol == "file":
-        return
-    protocols = storage.fs.protocol
-    for name in [protocols] if isinstance(protocols, str) else protocols:
-        if name in conn.list_filesystems():
-            conn.unregister_filesystem(name)
-    conn.register_filesystem(storage.fs)
-
-
-def _replace_table(conn: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -> None:
-    staging = f"_facelake_staging_{name}"
-    conn.register(staging, table)
-    try:
-        conn.execute(f"CREATE OR REPLACE TABLE {quote_identifier(name)} AS SELECT * FROM {staging}")
-    finally:
-        conn.unregister(staging)
-
-
-def refresh(conn: duckdb.DuckDBPyConnection, storage: Storage) -> list[CommittedPartition]:
-    """(Re)create the manifest tables and the views from what is committed now; returns the partitions."""
-    partitions = committed_partitions(storage)
-    _replace_table(conn, "laion_face_partitions", partitions_table(partitions))
-    _replace_table(conn, "laion_face_files", files_table(partitions))
-    sources = {s.placeholder: source_sql(conn, s, source_files(partitions, s)) for s in LAION_FACE_SOURCES}
-    conn.execute(render_sql(VIEWS_SQL, sources))
-    return partitions
+__all__ = [
+    "REPORT_SQL",
+    "SECTIONS",
+    "SQL_DIR_ENV",
+    "describe",
+    "open_catalog",
+    "query",
+    "refresh",
+    "run_report",
+    "sql_path",
+]
 
 
 def open_catalog(storage: Storage, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with the LAION-Face views over the storage's committed artifacts.
-
-    ``database`` is ``:memory:`` or a DuckDB file (which then keeps the view definitions; remote files
-    still need this function to register the filesystem). Close the connection when done (it is a
-    context manager).
-    """
-    conn = duckdb.connect(database)
-    try:
-        register_storage(conn, storage)
-        refresh(conn, storage)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
+    """A DuckDB connection with every section's views over the storage's committed artifacts (close it)."""
+    return lake_catalog.open_catalog(storage, SECTIONS, database)
 
 
-def query(conn: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None = None) -> pa.Table:
-    """Run one SQL statement and return its rows as an Arrow table (empty for a statement without rows)."""
-    relation = conn.sql(sql, params=params)
-    return relation.to_arrow_table() if relation is not None else pa.table({})
-
-
-def describe(conn: duckdb.DuckDBPyConnection) -> pa.Table:
-    """The catalog's views and tables: name, kind, rows, columns (comma-separated)."""
-    objects = conn.sql(
-        "SELECT view_name AS name, 'view' AS kind FROM duckdb_views() WHERE NOT internal "
-        "UNION ALL SELECT table_name, 'table' FROM duckdb_tables() WHERE NOT internal ORDER BY name"
-    ).fetchall()
-    rows = []
-    for name, kind in objects:
-        relation = conn.sql(f"SELECT * FROM {quote_identifier(name)}")
-        [(count,)] = conn.sql(f"SELECT count(*) FROM {quote_identifier(name)}").fetchall()
-        rows.append({"name": name, "kind": kind, "rows": count, "columns": ", ".join(relation.columns)})
-    schema = pa.schema(
-        [("name", pa.string()), ("kind", pa.string()), ("rows", pa.int64()), ("columns", pa.string())]
-    )
-    return pa.Table.from_pylist(rows, schema=schema)
-
-
-def run_report(conn: duckdb.DuckDBPyConnection) -> pa.Table:
-    """The per-part LAION-Face report (``sql/laion_face_report.sql``): one row per part, sorted."""
-    return query(conn, sql_path(REPORT_SQL).read_text())
+def refresh(conn: duckdb.DuckDBPyConnection, storage: Storage) -> list[CommittedPartition]:
+    """Recreate every section's tables and views from what is committed now; returns the partitions."""
+    return lake_catalog.refresh(conn, storage, SECTIONS)

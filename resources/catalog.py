@@ -8,7 +8,7 @@ from dagster import ConfigurableResource, MetadataValue, TableColumn, TableRecor
 from dagster import TableMetadataValue as TableMetadata
 
 from facelake.catalog import open_catalog
-from facelake.storage import Storage
+from facelake.lake.storage import Storage
 
 
 class CatalogResource(ConfigurableResource):

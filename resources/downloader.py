@@ -1,30 +1,16 @@
-"""img2dataset as a Dagster resource: the authors' download options, configurable per deployment."""
+"""img2dataset as a Dagster resource: the ``download:`` settings (declared in the engine), per deployment."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from dagster import ConfigurableResource
-from pydantic import Field
-
-from facelake.laion.download import DownloadOptions
+from facelake.laion.download_options import DownloadOptions, DownloadSettings
 from facelake.settings import FacelakeSettings
+from resources.settings_resource import settings_resource
 
 
-class Img2DatasetResource(ConfigurableResource):
+class Img2DatasetResource(settings_resource(DownloadSettings, "Img2DatasetSettings")):
     """Processes, threads, timeout and retries of img2dataset, plus the success-rate check threshold."""
-
-    processes: int = 16
-    threads: int = 128
-    timeout: int = 10
-    retries: int = 0
-    number_sample_per_shard: int = 10_000
-    user_agent_token: str | None = "facelake"
-    disallowed_header_directives: list[str] = Field(
-        default_factory=lambda: ["noai", "noimageai", "noindex", "noimageindex"]
-    )
-    min_success_rate: float = 0.5
-    lease_ttl_s: float = 900.0
 
     @classmethod
     def from_settings(cls, settings: FacelakeSettings) -> Img2DatasetResource:
@@ -32,22 +18,8 @@ class Img2DatasetResource(ConfigurableResource):
 
     def options(self) -> DownloadOptions:
         """The engine's download options."""
-        return DownloadOptions(
-            processes=self.processes,
-            threads=self.threads,
-            timeout=self.timeout,
-            retries=self.retries,
-            number_sample_per_shard=self.number_sample_per_shard,
-            user_agent_token=self.user_agent_token,
-            disallowed_header_directives=tuple(self.disallowed_header_directives),
-        )
+        return self.settings_model().options()
 
     def output_config(self) -> dict[str, Any]:
         """The options that change what is downloaded (not how fast): they enter the config hash."""
-        return {
-            "timeout": self.timeout,
-            "retries": self.retries,
-            "number_sample_per_shard": self.number_sample_per_shard,
-            "user_agent_token": self.user_agent_token,
-            "disallowed_header_directives": list(self.disallowed_header_directives),
-        }
+        return self.settings_model().output_config()

@@ -5,44 +5,24 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from dagster import ConfigurableResource
-from pydantic import Field
 
-from facelake.detection import FaceDetector
-from facelake.identity import IdentityEmbedder
-from facelake.models.registry import DEFAULT_CACHE_DIR, EMBEDDER_MODELS, ModelRegistry, detector_model
+from facelake.faces.detection import FaceDetector
+from facelake.faces.identity import IdentityEmbedder
+from facelake.models.registry import EMBEDDERS, ModelRegistry, detector_model
+from facelake.models.settings import ModelSettings
 from facelake.settings import FacelakeSettings
+from resources.settings_resource import settings_resource
 
 
-class ModelRegistryResource(ConfigurableResource):
+class ModelRegistryResource(settings_resource(ModelSettings, "ModelRegistrySettings")):
     """Resolves weights from explicit paths, the cache dir, shipped packages or offline imports (never a
     download unless ``allow_download`` and not offline); detector and embedder are loaded once per process.
-    The device is ``cuda`` when available, else ``cpu``."""
-
-    cache_dir: str = DEFAULT_CACHE_DIR
-    paths: dict[str, str] = Field(default_factory=dict, description="catalogue name -> local weights file")
-    allow_download: bool = False
-    detector_backbone: str = "mobilenet0.25"
-    detector_max_side: int = 1024
-    detector_threshold: float = 0.5
-    embedder_name: str = "dlib"
-    torch_threads: int = 0
-    """CPU threads for torch on a CPU worker (0: torch's default). Set 1-2 where steps share cores: with the
-    default, oversubscribed OpenMP threads slowed detection ~30x when other steps ran on the same 2 cores."""
+    The device is ``cuda`` when available, else ``cpu``. ``torch_threads``: set 1-2 where steps share cores
+    (oversubscribed OpenMP threads slowed detection ~30x when other steps ran on the same 2 cores)."""
 
     @classmethod
     def from_settings(cls, settings: FacelakeSettings) -> ModelRegistryResource:
-        models = settings.models
-        return cls(
-            cache_dir=models.cache_dir,
-            paths=dict(models.paths),
-            allow_download=models.allow_download,
-            detector_backbone=models.detector_backbone,
-            detector_max_side=models.detector_max_side,
-            detector_threshold=models.detector_threshold,
-            embedder_name=models.embedder,
-            torch_threads=models.torch_threads,
-        )
+        return cls(**settings.models.model_dump())
 
     def registry(self) -> ModelRegistry:
         """The engine's registry for this configuration."""
@@ -57,9 +37,9 @@ class ModelRegistryResource(ConfigurableResource):
             torch.set_num_threads(self.torch_threads)
         return detector
 
-    def embedder(self) -> IdentityEmbedder:
+    def identity_embedder(self) -> IdentityEmbedder:
         """The configured identity embedder (shared within the process)."""
-        return self.registry().embedder(self.embedder_name)
+        return self.registry().embedder(self.embedder)
 
     def describe(self, name: str) -> dict[str, Any]:
         """Asset metadata of model ``name`` (file, sha256, size, random_init, license)."""
@@ -67,4 +47,5 @@ class ModelRegistryResource(ConfigurableResource):
 
     def model_names(self) -> list[str]:
         """Catalogue names of the configured detector's and embedder's weights (for :meth:`describe`)."""
-        return [detector_model(self.detector_backbone), *EMBEDDER_MODELS.get(self.embedder_name, ())]
+        entry = EMBEDDERS.get(self.embedder)
+        return [detector_model(self.detector_backbone), *(entry.models if entry else ())]

@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-from dagster import ConfigurableResource
-
+from facelake.lake.settings import S3Settings
+from facelake.lake.storage import Storage
 from facelake.settings import FacelakeSettings
-from facelake.storage import S3Options, Storage
+from resources.settings_resource import settings_resource
 
 
-class StorageResource(ConfigurableResource):
-    """Where every artifact is written: ``{root}/{dataset}/{artifact}/{partition}/``."""
+class StorageResource(settings_resource(S3Settings, "StorageSettings")):
+    """Where every artifact is written: ``{root}/{dataset}/{artifact}/{partition}/``; the S3 fields are the
+    ``s3:`` settings section (empty: the AWS environment)."""
 
     root: str
-    s3_endpoint_url: str | None = None
-    s3_key: str | None = None
-    s3_secret: str | None = None
-    s3_region: str | None = None
 
     @classmethod
     def from_settings(cls, settings: FacelakeSettings) -> StorageResource:
-        s3 = settings.s3
-        return cls(
-            root=settings.root,
-            s3_endpoint_url=s3.endpoint_url,
-            s3_key=s3.key,
-            s3_secret=s3.secret,
-            s3_region=s3.region,
-        )
+        return cls(root=settings.root, **settings.s3.model_dump())
 
     def get(self) -> Storage:
         """The engine's Storage for this root."""
-        return Storage(
-            self.root, S3Options(self.s3_endpoint_url, self.s3_key, self.s3_secret, self.s3_region)
-        )
+        return Storage(self.root, self.settings_model().options())

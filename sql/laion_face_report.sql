@@ -1,4 +1,4 @@
--- Per-part report over the LAION-Face catalog (facelake.catalog.run_report).
+-- Per-part report over the LAION-Face catalog (facelake.laion.catalog.run_report).
 -- One row per part with any committed meta, images or detections partition; a column is NULL while the
 -- artifact it comes from is not committed for that part. success_rate counts the samples that were sent to
 -- the downloader (opted-out samples never are); tar_bytes is the size of the committed webdataset tars.

@@ -1,4 +1,4 @@
--- Catalog views over the COMMITTED LAION-Face parquet artifacts; facelake.catalog.refresh runs this file.
+-- Catalog views over the COMMITTED LAION-Face parquet artifacts; facelake.lake.catalog.refresh_section runs this file.
 --
 -- Each *_source placeholder is filled with either
 --     read_parquet([<files listed by the committed manifests>], filename = true, union_by_name = true)

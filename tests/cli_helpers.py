@@ -32,8 +32,8 @@ from dagster import (
 )
 
 from facelake.settings import load_settings
-from facelake.synthetic.image_server import ImageServer
-from facelake.synthetic.world import LaionWorld, WorldSpec, build_laion_world
+from synthetic.image_server import ImageServer
+from synthetic.world import LaionWorld, WorldSpec, build_laion_world
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent

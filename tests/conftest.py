@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from facelake.storage import S3Options, Storage
+from facelake.lake.storage import S3Options, Storage
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -104,8 +104,8 @@ def postgres_database() -> Iterator[str]:
 @pytest.fixture
 def laion_world(tmp_path, monkeypatch):
     """The offline LAION-Face world served on 127.0.0.1, with FACELAKE_CONFIG pointing at its config."""
-    from facelake.synthetic.image_server import ImageServer
-    from facelake.synthetic.world import build_laion_world
+    from synthetic.image_server import ImageServer
+    from synthetic.world import build_laion_world
 
     monkeypatch.delenv("FACELAKE_ROOT", raising=False)
     with ImageServer() as server:
@@ -117,7 +117,7 @@ def laion_world(tmp_path, monkeypatch):
 @pytest.fixture
 def s3_laion_world(laion_world, s3_storage):
     """The same world with the lake on the local S3 server."""
-    from facelake.synthetic.world import WorldSpec, write_config
+    from synthetic.world import WorldSpec, write_config
 
     s3 = s3_storage.s3
     write_config(

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 from skimage.transform import SimilarityTransform
 
-from facelake.alignment import (
+from facelake.faces.alignment import (
     ARCFACE_TEMPLATE_112,
     align,
     alignment_transforms,
     apply_transforms,
     arcface_template,
 )
-from facelake.synthetic.face_photos import face_box, real_faces
+from synthetic.face_photos import face_box, real_faces
 
 
 def random_similarities(rng: np.random.Generator, n: int) -> np.ndarray:

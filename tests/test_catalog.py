@@ -13,14 +13,14 @@ from dagster import DagsterInstance, TableMetadataValue
 
 from facelake import catalog
 from facelake.catalog import describe, open_catalog, query, refresh, run_report
-from facelake.commit import PartitionArtifact
-from facelake.errors import InputError
+from facelake.faces.detection_table import detections_table
 from facelake.laion import artifacts
-from facelake.laion.detections import detections_table
-from facelake.storage import S3Options, Storage
-from facelake.synthetic.image_server import ImageServer
-from facelake.synthetic.world import LaionWorld, WorldSpec, build_laion_world, write_config
+from facelake.lake.commit import PartitionArtifact
+from facelake.lake.errors import InputError
+from facelake.lake.storage import S3Options, Storage
 from resources.catalog import CatalogResource, table_metadata
+from synthetic.image_server import ImageServer
+from synthetic.world import LaionWorld, WorldSpec, build_laion_world, write_config
 from tests.conftest import S3_KEY, S3_SECRET
 from tests.test_laion_assets import EXPECTED_STATUS, run_part
 

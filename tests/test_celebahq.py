@@ -1,6 +1,6 @@
 """The CelebA-HQ source reader (jxie/celeba-hq parquet layout), one face per image, and the card's output layout.
 
-The two-people source the asset tests and the demo use lives in ``facelake.synthetic.celebahq_photos``; its
+The two-people source the asset tests and the demo use lives in ``synthetic.celebahq_photos``; its
 layout is checked at the end.
 """
 
@@ -11,14 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from facelake import celebahq
-from facelake.detection import Detections
-from facelake.errors import InputError
-from facelake.face_stages import StageCounter
-from facelake.identity import PROVENANCE_COLUMNS, EmbedderProfile, table_space
-from facelake.storage import Storage
-from facelake.synthetic.celebahq_photos import person_copies, write_two_people_source
-from facelake.synthetic.face_photos import encode_jpeg
+from facelake.celebahq import dataset as celebahq
+from facelake.faces.detection import Detections
+from facelake.faces.identity import PROVENANCE_COLUMNS, EmbedderProfile, table_space
+from facelake.faces.stages import StageCounter
+from facelake.lake.errors import InputError
+from facelake.lake.storage import Storage
+from synthetic.celebahq_photos import person_copies, write_two_people_source
+from synthetic.face_photos import encode_jpeg
 
 # --- reading the source ----------------------------------------------------------------------------------
 

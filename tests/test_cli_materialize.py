@@ -20,13 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, DagsterRunStatus
 
-from facelake.commit import MANIFEST, Manifest
 from facelake.laion import artifacts
 from facelake.laion.formats import META_PART_TEMPLATE
+from facelake.lake.commit import MANIFEST, Manifest
+from facelake.lake.storage import Storage
 from facelake.settings import load_settings
-from facelake.storage import Storage
-from facelake.synthetic.laion_pth import write_malicious_pth
-from facelake.synthetic.world import LaionWorld, WorldSpec
+from synthetic.laion_pth import write_malicious_pth
+from synthetic.world import LaionWorld, WorldSpec
 from tests.cli_helpers import (
     CODE_LOCATION,
     IN_PROCESS,

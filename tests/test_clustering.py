@@ -10,15 +10,15 @@ import torch
 from sklearn.cluster import DBSCAN
 from sklearn.preprocessing import normalize
 
-from facelake.clustering import (
+from facelake.clusters.dbscan import (
     DbscanResult,
     dbscan_cosine,
     identity_centroids,
     screening_margin,
     unit_norms,
 )
-from facelake.gram import select_backend
-from facelake.synthetic.identities import synthetic_identities
+from facelake.vectors.gram import select_backend
+from synthetic.identities import synthetic_identities
 
 SCREENS = ("numpy-float32", "torch-float32", "torch-bfloat16")
 

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from facelake.commit import MANIFEST, PartitionArtifact, Written, materialize_partition
-from facelake.errors import PartitionLockedError
-from facelake.storage import Storage
+from facelake.lake.commit import MANIFEST, PartitionArtifact, Written, materialize_partition
+from facelake.lake.errors import PartitionLockedError
+from facelake.lake.storage import Storage
 
 
 def write_text(attempt, name: str, text: str):

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dagster import AssetKey
 
 from dagster_project.definitions import build_definitions, defs
-from facelake.settings import LAION_20M_PARTS, load_settings
+from facelake.laion.formats import LAION_20M_PARTS
+from facelake.settings import load_settings
 
 PART_ASSETS = {"laion_face_meta", "laion_face_images", "laion_face_detections"}
 

@@ -8,10 +8,11 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
 from dagster_project.demo import main
-from facelake import celebahq, hyperface
-from facelake.storage import Storage
-from facelake.synthetic.celebahq_photos import NO_FACE, PEOPLE, person_copies
-from facelake.synthetic.world import DEMO_HYPERFACE_SHARD_SIZE, DEMO_HYPERFACE_VARIANT
+from facelake.celebahq import dataset as celebahq
+from facelake.hyperface import references as hyperface
+from facelake.lake.storage import Storage
+from synthetic.celebahq_photos import NO_FACE, PEOPLE, person_copies
+from synthetic.world import DEMO_HYPERFACE_SHARD_SIZE, DEMO_HYPERFACE_VARIANT
 from tests.conftest import free_port
 
 

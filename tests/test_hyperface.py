@@ -12,9 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from facelake import hyperface
-from facelake.errors import FacelakeError, InputError
-from facelake.hyperface import (
+from facelake.faces.identity import EmbedderProfile, EmbeddingSpaceMismatchError, embedding_table, table_space
+from facelake.hyperface import references as hyperface
+from facelake.hyperface.packing import StorageCheckpointer
+from facelake.hyperface.references import (
     assemble_gallery,
     commit_gallery,
     commit_reference_embeddings,
@@ -28,11 +29,10 @@ from facelake.hyperface import (
     reference_shard_ids,
     reference_tables,
 )
-from facelake.identity import EmbedderProfile, EmbeddingSpaceMismatchError, embedding_table, table_space
-from facelake.packing import StorageCheckpointer
-from facelake.plots import png_markdown
-from facelake.settings import HyperfaceGallerySettings, HyperfaceVariant
-from facelake.storage import Storage
+from facelake.hyperface.settings import HyperfaceGallerySettings, HyperfaceVariant
+from facelake.lake.errors import FacelakeError, InputError
+from facelake.lake.plots import png_markdown
+from facelake.lake.storage import Storage
 
 DLIB = EmbedderProfile("dlib_resnet_v1", 128, "d" * 64, False, 0.18)
 OTHER_WEIGHTS = EmbedderProfile("dlib_resnet_v1", 128, "e" * 64, False, 0.18)
@@ -156,9 +156,9 @@ def test_configured_table_sources_and_laion_parts(tmp_path):
 
 
 def test_a_committed_laion_face_embeddings_part_is_a_gallery_source(tmp_path):
-    from facelake.commit import materialize_partition
     from facelake.laion import artifacts
-    from facelake.shard_stage import run_shard_stage
+    from facelake.lake.commit import materialize_partition
+    from facelake.lake.shard_stage import run_shard_stage
 
     lake = Storage(str(tmp_path / "lake"))
     faces = gallery_table(9).append_column("key", pa.array([f"{i:09d}" for i in range(9)]))
@@ -368,7 +368,7 @@ def test_convergence_plot_is_a_png_and_embeds_as_markdown():
 def test_settings_name_the_default_variants_and_refuse_bad_keys():
     from pydantic import ValidationError
 
-    from facelake.settings import HyperfaceSettings
+    from facelake.hyperface.settings import HyperfaceSettings
 
     settings = HyperfaceSettings()
     assert list(settings.variants) == ["demo", "10k", "50k"] and settings.shard_size == 1000

@@ -25,11 +25,11 @@ import yaml
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 from PIL import Image
 
-from facelake import hyperface
-from facelake.identity import EmbedderProfile, embedding_table, table_space
-from facelake.packing import StorageCheckpointer
+from facelake.faces.identity import EmbedderProfile, embedding_table, table_space
+from facelake.hyperface import references as hyperface
+from facelake.hyperface.packing import StorageCheckpointer
+from facelake.lake.storage import Storage
 from facelake.settings import load_settings
-from facelake.storage import Storage
 from tests.cli_helpers import (
     IN_PROCESS,
     cli_env,

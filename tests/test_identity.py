@@ -15,18 +15,18 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
-from facelake.alignment import align
-from facelake.errors import InputError
-from facelake.identity import (
+from facelake.faces.alignment import align
+from facelake.faces.identity import (
     EmbeddingSpaceMismatchError,
     check_same_space,
     embedding_table,
     table_embeddings,
     table_space,
 )
-from facelake.identity_dlib import DlibEmbedder
-from facelake.identity_onnx import ArcFaceOnnxEmbedder, insightface_normalisation
-from facelake.synthetic.face_photos import encode_jpeg, face_box, real_faces, varied_crops
+from facelake.faces.identity_dlib import DlibEmbedder
+from facelake.faces.identity_onnx import ArcFaceOnnxEmbedder, insightface_normalisation
+from facelake.lake.errors import InputError
+from synthetic.face_photos import encode_jpeg, face_box, real_faces, varied_crops
 
 PEOPLE = ["astronaut", "grace_hopper"]
 

@@ -1,10 +1,10 @@
 """Identity clusters as Dagster assets: the CelebA-HQ chain end to end (in-process and through the CLI) on
 offline photos of two people, the factory on a partitioned embedding asset against scikit-learn, and bad input.
 
-The CelebA-HQ source is facelake.synthetic.celebahq_photos (the demo's too): eight augmented copies each of
+The CelebA-HQ source is synthetic.celebahq_photos (the demo's too): eight augmented copies each of
 skimage's astronaut and matplotlib's grace_hopper.jpg, and one image without a face, in the jxie/celeba-hq
 parquet layout. Embeddings come from the model registry's defaults (RetinaFace mobilenet0.25 + dlib,
-offline), and eps from the dlib profile (facelake.identity_dlib), as the settings default to.
+offline), and eps from the dlib profile (facelake.faces.identity_dlib), as the settings default to.
 """
 
 # No "from __future__ import annotations": the toy asset below is read by Dagster at runtime.
@@ -33,15 +33,16 @@ from sklearn.cluster import DBSCAN
 import dagster_project  # noqa: F401  (first: the code location imports the asset modules, avoiding a cycle)
 from assets.identity_clusters import CENTROID_CHECK, identity_clusters_asset
 from assets.materializing import materialize_result
-from facelake import celebahq
-from facelake.commit import PartitionArtifact, Written, materialize_partition
-from facelake.identity import EmbedderProfile, embedding_table, table_space
-from facelake.identity_dlib import SAME_IDENTITY_COSINE_DISTANCE as DLIB_EPS
+from facelake.celebahq import dataset as celebahq
+from facelake.clusters.settings import ClusteringSettings
+from facelake.faces.identity import EmbedderProfile, embedding_table, table_space
+from facelake.faces.identity_dlib import SAME_IDENTITY_COSINE_DISTANCE as DLIB_EPS
 from facelake.laion.artifacts import committed_file
-from facelake.settings import ClusteringSettings, load_settings
-from facelake.storage import Storage
-from facelake.synthetic.celebahq_photos import NO_FACE, PEOPLE, CelebaSource, write_two_people_source
+from facelake.lake.commit import PartitionArtifact, Written, materialize_partition
+from facelake.lake.storage import Storage
+from facelake.settings import load_settings
 from resources import StorageResource
+from synthetic.celebahq_photos import NO_FACE, PEOPLE, CelebaSource, write_two_people_source
 from tests.cli_helpers import (
     IN_PROCESS,
     cli_env,

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facelake.synthetic.face_photos import face_box, real_faces, varied_crops
-from facelake.synthetic.image_server import ImageServer
+from synthetic.face_photos import face_box, real_faces, varied_crops
+from synthetic.image_server import ImageServer
 
 
 def fetch(url: str, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:

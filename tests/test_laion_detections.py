@@ -8,16 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from facelake.errors import InputError
-from facelake.laion.detections import (
-    DETECTIONS_SCHEMA,
-    convert_sample2detect,
-    detection_arrays,
-    detections_table,
-    sample2detect_name,
-)
-from facelake.storage import Storage
-from facelake.synthetic.laion_pth import random_sample2detect, save_sample2detect
+from facelake.faces.detection_table import DETECTIONS_SCHEMA, detection_arrays, detections_table
+from facelake.laion.detections import convert_sample2detect, sample2detect_name
+from facelake.lake.errors import InputError
+from facelake.lake.storage import Storage
+from synthetic.laion_pth import random_sample2detect, save_sample2detect
 
 N_SAMPLES = 20_000
 

@@ -29,7 +29,6 @@ import pytest
 from PIL import Image
 
 import facelake
-from facelake.errors import InputError
 from facelake.laion.download import (
     DownloadError,
     DownloadIntegrityError,
@@ -44,10 +43,11 @@ from facelake.laion.download import (
     write_download_input,
 )
 from facelake.laion.optout import BLOCKLIST_SCHEMA, split_blocked
-from facelake.storage import S3Options, Storage
-from facelake.synthetic.face_photos import FaceCrop, varied_crops
-from facelake.synthetic.image_server import ImageServer
-from facelake.synthetic.laion_meta import META_SCHEMA
+from facelake.lake.errors import InputError
+from facelake.lake.storage import S3Options, Storage
+from synthetic.face_photos import FaceCrop, varied_crops
+from synthetic.image_server import ImageServer
+from synthetic.laion_meta import META_SCHEMA
 
 ROBOTS_MESSAGE = "Use of image disallowed by X-Robots-Tag directive"
 # category -> (final status, error message substring)
@@ -405,7 +405,7 @@ def test_server_death_mid_run_then_retry_requests_only_the_failed_samples(tmp_pa
 CRASH_SCRIPT = """
 import sys
 from facelake.laion.download import DownloadOptions, run_img2dataset
-from facelake.storage import Storage
+from facelake.lake.storage import Storage
 options = DownloadOptions(processes=1, threads=4, timeout=30, number_sample_per_shard=10)
 run_img2dataset(Storage(sys.argv[1]), sys.argv[2], sys.argv[3], options)
 """

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from facelake.errors import InputError, UnknownPartitionError
 from facelake.laion.ids import (
     IDS_SCHEMA,
     N_PARTS,
@@ -19,7 +18,8 @@ from facelake.laion.ids import (
     read_part_ids,
     write_face_ids_parquet,
 )
-from facelake.synthetic.laion_pth import save_face_ids, torch_save_numpy1
+from facelake.lake.errors import InputError, UnknownPartitionError
+from synthetic.laion_pth import save_face_ids, torch_save_numpy1
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from facelake.errors import InputError
-from facelake.laion.authors_reference import authors_convert_all, authors_convert_part, authors_output_name
 from facelake.laion.ids import N_PARTS, load_face_ids
 from facelake.laion.meta import filter_meta_part
-from facelake.synthetic.laion_meta import (
+from facelake.lake.errors import InputError
+from synthetic.laion_authors_reference import authors_convert_all, authors_convert_part, authors_output_name
+from synthetic.laion_meta import (
     META_SCHEMA,
     PART_ID_STRIDE,
     SyntheticMeta,

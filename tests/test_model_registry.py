@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from dagster import build_resources
 
-from facelake.errors import InputError
-from facelake.identity_dlib import RECOGNITION_MODEL_FILE, SHAPE_PREDICTOR_FILE
+from facelake.faces.identity_dlib import RECOGNITION_MODEL_FILE, SHAPE_PREDICTOR_FILE
+from facelake.lake.errors import InputError
 from facelake.models.registry import CATALOGUE, ModelNotFoundError, ModelRegistry, ModelSpec
 from facelake.models.retinaface_import import SIDECAR_FILENAME, WEIGHTS_FILENAME
 from facelake.settings import load_settings
-from facelake.synthetic.face_photos import face_box, real_faces
-from facelake.synthetic.image_server import ImageServer
 from resources.models import ModelRegistryResource
+from synthetic.face_photos import face_box, real_faces
+from synthetic.image_server import ImageServer
 from tests.test_identity import build_test_arcface
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "FACELAKE_OFFLINE")
@@ -255,7 +255,7 @@ def test_resource_builds_the_registry_from_settings(
     monkeypatch.setenv("FACELAKE_CONFIG", str(config))
     monkeypatch.setenv("FACELAKE_MODELS__DETECTOR_THRESHOLD", "0.7")
     resource = ModelRegistryResource.from_settings(load_settings())
-    assert (resource.cache_dir, resource.embedder_name, resource.allow_download) == (
+    assert (resource.cache_dir, resource.embedder, resource.allow_download) == (
         str(cache),
         "arcface",
         False,
@@ -270,7 +270,7 @@ def test_resource_builds_the_registry_from_settings(
         detector = models.detector(device="cpu")
         assert (detector.max_side, detector.threshold) == (320, 0.7)
         assert models.detector(device="cpu") is detector
-        assert models.embedder().profile.dimension == 512
+        assert models.identity_embedder().profile.dimension == 512
         assert models.describe("arcface")["file"] == "tiny.onnx"
 
 

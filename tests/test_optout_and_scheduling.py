@@ -6,9 +6,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from facelake.errors import InputError
 from facelake.laion.optout import read_blocklists, split_blocked
-from facelake.scheduling import plan_part_requests
+from facelake.laion.scheduling import plan_part_requests
+from facelake.lake.errors import InputError
 
 
 def test_blocklists_by_id_and_url_split_rows_in_order(local_storage, tmp_path):

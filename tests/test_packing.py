@@ -10,17 +10,17 @@ import pydantic
 import pytest
 import torch
 
-from facelake.errors import InputError
-from facelake.packing import (
+from facelake.hyperface.packing import (
     MemoryCheckpointer,
     PackingConfig,
+    PackingRun,
     StorageCheckpointer,
-    _Run,
     pack,
     packing_metrics,
 )
-from facelake.packing_objective import dense_objective
-from facelake.storage import Storage
+from facelake.hyperface.packing_objective import dense_objective
+from facelake.lake.errors import InputError
+from facelake.lake.storage import Storage
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -54,7 +54,7 @@ def _config(**overrides: object) -> PackingConfig:
 def test_full_gradient_equals_autograd(alpha: float, screen: str) -> None:
     rng = np.random.default_rng(0)
     gallery = _unit(rng, 50, 12, shift=1.0)
-    run = _Run(_config(identities=64, alpha=alpha, init="random", screen=screen, block=16), gallery, 12)
+    run = PackingRun(_config(identities=64, alpha=alpha, init="random", screen=screen, block=16), gallery, 12)
     with torch.no_grad():  # off the sphere, so the normalisation's backward matters
         run.x.mul_(torch.from_numpy(rng.uniform(0.5, 2.0, (64, 1)).astype(np.float32)))
     reference = run.x.detach().clone().requires_grad_(True)
@@ -73,7 +73,7 @@ def test_batch_gradient_equals_autograd(against_all: bool) -> None:
     config = _config(
         identities=48, alpha=0.5, algorithm="stochastic", batch_size=16, against_all=against_all, block=8
     )
-    run = _Run(config, gallery, 10)
+    run = PackingRun(config, gallery, 10)
     batch = run.next_batch()
     loss = run.batch_gradient(batch)
     x = run.x.detach().clone().requires_grad_(True)
@@ -276,7 +276,9 @@ def test_config_and_input_validation() -> None:
 @pytest.mark.parametrize("algorithm", ["full", "stochastic"])
 def test_results_do_not_depend_on_screen_block_or_gallery_cache(algorithm: str, monkeypatch) -> None:
     """Screening and the gallery cache only find candidates: the chosen neighbours, hence every step, are exact."""
-    monkeypatch.setattr("facelake.packing.CACHE_MIN_GALLERY", 0)  # use the cache on this small gallery
+    monkeypatch.setattr(
+        "facelake.hyperface.packing.CACHE_MIN_GALLERY", 0
+    )  # use the cache on this small gallery
     gallery = _unit(np.random.default_rng(10), 90, 16, shift=1.0)
     common = {"identities": 60, "iterations": 25 if algorithm == "full" else 5, "algorithm": algorithm}
     runs = [

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from facelake.errors import InputError, UnsafePickleError
-from facelake.safe_load import load_torch_weights_only, restricted_unpickle
-from facelake.synthetic.laion_pth import (
+from facelake.lake.errors import InputError, UnsafePickleError
+from facelake.lake.safe_load import load_torch_weights_only, restricted_unpickle
+from synthetic.laion_pth import (
     Numpy1Pickler,
     random_sample2detect,
     save_sample2detect,

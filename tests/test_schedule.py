@@ -25,7 +25,8 @@ from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.utils import make_new_run_id
 
 from facelake.laion import artifacts
-from facelake.settings import LAION_20M_PARTS, load_settings
+from facelake.laion.formats import LAION_20M_PARTS
+from facelake.settings import load_settings
 from tests.cli_helpers import (
     PART,
     REPO_ROOT,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from facelake.settings import LAION_20M_PARTS, load_settings
+from facelake.laion.formats import LAION_20M_PARTS
+from facelake.settings import load_settings
 
 
 def test_yaml_file_then_env_override(tmp_path, monkeypatch):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from facelake.commit import PartitionArtifact, materialize_partition
-from facelake.shard_stage import read_stage_table, run_shard_stage
+from facelake.lake.commit import PartitionArtifact, materialize_partition
+from facelake.lake.shard_stage import read_stage_table, run_shard_stage
 
 SHARDS = [0, 1, 2, 3, 4]
 

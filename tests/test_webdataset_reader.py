@@ -13,11 +13,11 @@ import pytest
 from dagster import DagsterInstance
 from PIL import Image
 
-from facelake.commit import PartitionArtifact
-from facelake.errors import InputError
 from facelake.laion import artifacts
 from facelake.laion.download_accounting import RESOLVED_SCHEMA
-from facelake.webdataset_reader import (
+from facelake.lake.commit import PartitionArtifact
+from facelake.lake.errors import InputError
+from facelake.lake.webdataset_reader import (
     CORRUPT,
     MISSING,
     ImageShard,

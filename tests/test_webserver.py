@@ -19,8 +19,9 @@ import requests
 from dagster import DagsterInstance
 
 from facelake.laion import artifacts
-from facelake.settings import LAION_PARTS, load_settings
-from facelake.synthetic.world import LaionWorld
+from facelake.laion.formats import LAION_PARTS
+from facelake.settings import load_settings
+from synthetic.world import LaionWorld
 from tests.cli_helpers import (
     BIN_DIR,
     CODE_LOCATION,

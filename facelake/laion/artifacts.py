@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from facelake.commit import PartitionArtifact
-from facelake.errors import UnknownPartitionError
-from facelake.settings import LAION_PARTS
-from facelake.storage import Storage
+from facelake.laion.formats import LAION_PARTS
+from facelake.lake.commit import PartitionArtifact
+from facelake.lake.errors import UnknownPartitionError
+from facelake.lake.storage import Storage
 
 DATASET = "laion_face"
 

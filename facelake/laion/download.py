@@ -31,7 +31,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facelake.errors import FacelakeError, InputError
 from facelake.laion.download_accounting import (
     OPTED_OUT,
     SUCCESS,
@@ -51,7 +50,8 @@ from facelake.laion.download_shards import (
     clean_uncommitted_shards,
     committed_shards,
 )
-from facelake.storage import Storage
+from facelake.lake.errors import FacelakeError, InputError
+from facelake.lake.storage import Storage
 
 __all__ = [
     "OPTED_OUT",

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facelake.errors import InputError
 from facelake.laion.download_options import SAMPLE_ID, DownloadOptions
 from facelake.laion.download_shards import DownloadIntegrityError, Shard
-from facelake.storage import Storage
+from facelake.lake.errors import InputError
+from facelake.lake.storage import Storage
 
 SUCCESS = "success"
 OPTED_OUT = "opted_out"

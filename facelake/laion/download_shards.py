@@ -8,16 +8,15 @@ img2dataset's incremental mode skips). Anything else with a shard's number is le
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass
 
-from facelake.errors import FacelakeError, InputError
-from facelake.storage import Storage
+from facelake.lake.errors import FacelakeError, InputError
+from facelake.lake.storage import Storage
+from facelake.lake.webdataset_reader import SHARD_FILE
 
 STATS_SUFFIX = "_stats.json"
 TMP_FOLDER = "_tmp"
-_SHARD_FILE = re.compile(r"^(\d+)(_stats\.json|\.[A-Za-z0-9]+)$")
 
 
 class DownloadIntegrityError(FacelakeError):
@@ -40,19 +39,13 @@ class Shard:
     tar_bytes: int
 
 
-def shard_file_id(name: str) -> int | None:
-    """The shard number of an img2dataset output file name, None for any other name."""
-    match = _SHARD_FILE.match(name)
-    return int(match.group(1)) if match else None
-
-
 def _files_by_shard(storage: Storage, folder: str) -> tuple[dict[int, dict[str, str]], list[str]]:
     """Shard files grouped by id (suffix -> uri), and the other entries of the folder."""
     shards: dict[int, dict[str, str]] = defaultdict(dict)
     others = []
     for uri in storage.listdir(folder):
         name = uri.rstrip("/").rsplit("/", 1)[-1]
-        match = _SHARD_FILE.match(name)
+        match = SHARD_FILE.match(name)
         if match:
             shards[int(match.group(1))][match.group(2)] = uri
         else:

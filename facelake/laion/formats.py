@@ -20,3 +20,8 @@ LAION400M_META_SCHEMA = pa.schema(
     ]
 )
 """Columns of a laion400m-meta part, and of a committed laion_face_meta part (same types, nulls kept)."""
+
+LAION_PARTS = [f"{i:05d}" for i in range(32)]
+"""Partition keys of the 32 laion400m metadata parts: the files' own numbering ``00000``…``00031``."""
+LAION_20M_PARTS = [f"{i:05d}" for i in (0, 2, 5, 8, 13, 15, 17, 18, 21, 22, 24, 25, 28)]
+"""The parts of the LAION-Face 20M subset."""

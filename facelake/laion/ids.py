@@ -20,9 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from facelake.errors import InputError, UnknownPartitionError
-from facelake.safe_load import load_torch_weights_only
-from facelake.storage import Storage
+from facelake.lake.errors import InputError, UnknownPartitionError
+from facelake.lake.safe_load import load_torch_weights_only
+from facelake.lake.storage import Storage
 
 N_PARTS = 32
 IDS_SCHEMA = pa.schema(

@@ -1,7 +1,7 @@
 """Filter one laion400m-meta part down to its LAION-Face SAMPLE_IDs (the engine of ``laion_face_meta[part]``).
 
 The result holds the same rows, in the same order, as the authors' ``convert_parquet.py``
-(:mod:`facelake.laion.authors_reference`), but keeps the source part's Arrow schema exactly (nullable int64
+(:mod:`synthetic.laion_authors_reference`), but keeps the source part's Arrow schema exactly (nullable int64
 HEIGHT/WIDTH stay int64, no pandas ``__index_level_0__`` column) and streams: polars' streaming engine scans
 the part with the ``is_in`` predicate pushed into the reader (ranged reads, locally and on S3), and the kept
 rows, cast back to the source schema (polars hands out string views), go to a pyarrow ``ParquetWriter`` a
@@ -22,8 +22,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from facelake.errors import InputError
-from facelake.storage import Storage, is_remote
+from facelake.lake.errors import InputError
+from facelake.lake.storage import Storage, is_remote
 
 ID_COLUMN = "SAMPLE_ID"
 # Kept rows are gathered (as compact copies in the source types) into row groups of at least this many.

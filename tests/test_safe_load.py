@@ -131,11 +131,64 @@ def test_malicious_pickle_is_refused_and_nothing_runs(tmp_path, via, protocol):
     assert not marker.exists()
 
 
-def test_malicious_plain_pickle_through_torch_loader_runs_nothing(tmp_path):
+NOT_A_TORCH_FILE = (
+    "not a torch file (neither a zip archive nor the legacy torch format); refused, nothing was executed"
+)
+
+
+class Touch:
+    """Pickles to ``open(marker, "w")``: creates ``marker`` when (and only when) the pickle is executed."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_plain_pickle_payload_is_live(tmp_path):
+    """The plain malicious pickle really would run if unpickled (our own file, in a temp dir)."""
     path, marker = tmp_path / "features.pickle", tmp_path / "pwned"
-    write_malicious_pickle(str(path), str(marker), via="open", protocol=2)
-    with pytest.raises(UnsafePickleError, match=re.escape("io.open")):
+    write_malicious_pickle(str(path), str(marker), via="exec", protocol=4)
+    pickle.loads(path.read_bytes())
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+@pytest.mark.parametrize("via", sorted(REFUSED_NAMES))
+def test_plain_pickle_given_as_pth_is_refused_as_not_a_torch_file(tmp_path, via, protocol):
+    """Once "Unsupported operand 149" (protocol 4/5's FRAME) or a refused global: now one clear message."""
+    path, marker = tmp_path / "laion_face_ids.pth", tmp_path / "pwned"
+    write_malicious_pickle(str(path), str(marker), via=via, protocol=protocol)
+    with pytest.raises(InputError) as caught:
         load_torch_weights_only(str(path))
+    assert str(caught.value) == f"{path}: {NOT_A_TORCH_FILE}"
+    assert not marker.exists()
+
+
+def test_legacy_torch_format_is_still_a_torch_file(tmp_path, detections):
+    """torch.save's pre-1.6 format (a pickle led by torch's magic number) loads, and is still allowlisted."""
+    path = tmp_path / "legacy.pth"
+    torch.save(detections, path, _use_new_zipfile_serialization=False)
+    assert not zipfile.is_zipfile(path)
+    assert_same_detections(load_torch_weights_only(str(path)), detections)
+    evil, marker = tmp_path / "evil_legacy.pth", tmp_path / "pwned"
+    torch.save({0: torch.arange(3), 1: Touch(marker)}, evil, _use_new_zipfile_serialization=False)
+    with pytest.raises(UnsafePickleError, match=re.escape(f"{evil}: refused to unpickle global io.open")):
+        load_torch_weights_only(str(evil))
+    assert not marker.exists()
+
+
+def test_a_pickled_magic_number_alone_is_not_enough_to_run_anything(tmp_path):
+    """The legacy check only reads opcodes: a pickle led by the magic number then a payload goes to
+    torch's weights-only unpickler, which refuses the payload's global."""
+    path, marker = tmp_path / "crafted.pth", tmp_path / "pwned"
+    path.write_bytes(
+        pickle.dumps(torch.serialization.MAGIC_NUMBER, protocol=2) + pickle.dumps(Touch(marker), protocol=2)
+    )
+    with pytest.raises(InputError) as caught:
+        load_torch_weights_only(str(path))
+    assert NOT_A_TORCH_FILE not in str(caught.value)
     assert not marker.exists()
 
 
@@ -153,7 +206,10 @@ def test_truncated_pth_is_an_input_error_naming_the_file(tmp_path, detections):
 def test_not_a_torch_file_and_missing_file(tmp_path):
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"<html>404 Not Found</html>")
-    with pytest.raises(InputError, match=re.escape("junk.pth: truncated or not a torch file")):
+    with pytest.raises(InputError, match=re.escape(f"{junk}: {NOT_A_TORCH_FILE}")):
+        load_torch_weights_only(str(junk))
+    junk.write_bytes(b"")
+    with pytest.raises(InputError, match=re.escape(f"{junk}: {NOT_A_TORCH_FILE}")):
         load_torch_weights_only(str(junk))
     with pytest.raises(InputError, match=re.escape("absent.pth: file not found")):
         load_torch_weights_only(str(tmp_path / "absent.pth"))

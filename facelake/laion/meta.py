@@ -1,12 +1,28 @@
 """Filter one laion400m-meta part down to its LAION-Face SAMPLE_IDs (the engine of ``laion_face_meta[part]``).
 
 The result holds the same rows, in the same order, as the authors' ``convert_parquet.py``
-(:mod:`synthetic.laion_authors_reference`), but keeps the source part's Arrow schema exactly (nullable int64
+(:mod:`synthetic.laion_authors_reference`), but keeps the source part's Arrow schema (nullable int64
 HEIGHT/WIDTH stay int64, no pandas ``__index_level_0__`` column) and streams: polars' streaming engine scans
 the part with the ``is_in`` predicate pushed into the reader (ranged reads, locally and on S3), and the kept
 rows, cast back to the source schema (polars hands out string views), go to a pyarrow ``ParquetWriter`` a
 row group at a time. Memory holds a few row groups in flight plus the id set, never the whole part
 (measured: ~0.6 GiB peak for a 12.9M-row part, against ~9.6 GiB for the authors' pandas method).
+
+The whole source schema is checked against :data:`~facelake.laion.formats.LAION400M_META_SCHEMA` from the
+footer, before anything is written (:func:`check_meta_schema`): every column must be there, each in its
+expected type or a lossless variant of it —
+
+- int64 columns (SAMPLE_ID, HEIGHT, WIDTH): any signed integer, or uint8/uint16/uint32 (all fit in int64);
+  uint64 is refused (values above 2**63-1 would not fit), as are floats, decimals and strings;
+- string columns (URL, TEXT, LICENSE, NSFW): string, large_string or string_view (the same text, another
+  offset layout); dictionary-encoded and binary columns are refused;
+- the float64 column (similarity): float64 or float32 (float16 is refused: not every reader decodes it).
+
+Accepted variants are widened to the expected type in the output, so a committed laion_face_meta part always
+has the expected types; columns beyond the expected ones are kept as they are. Anything else is an InputError
+naming the file and every missing or mistyped column with what was expected, raised before the output is
+opened — so nothing is written and the asset commits nothing (DESIGN §3), instead of a later stage failing
+on the missing column.
 """
 
 from __future__ import annotations
@@ -22,6 +38,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from facelake.laion.formats import LAION400M_META_SCHEMA
 from facelake.lake.errors import InputError
 from facelake.lake.storage import Storage, is_remote
 
@@ -61,12 +78,45 @@ def _read_footer(src_uri: str, storage: Storage | None) -> pq.FileMetaData:
         raise InputError(src_uri, f"not a readable parquet file ({exc})") from exc
 
 
-def _check_schema(src_uri: str, schema: pa.Schema) -> None:
-    if ID_COLUMN not in schema.names:
-        raise InputError(src_uri, f"no {ID_COLUMN} column (columns: {', '.join(schema.names)})")
-    id_type = schema.field(ID_COLUMN).type
-    if not pa.types.is_integer(id_type):
-        raise InputError(src_uri, f"{ID_COLUMN} must be an integer column, found {id_type}")
+# Source types accepted for each expected type (see the module docstring); each widens losslessly to it.
+_INT64_VARIANTS = (pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.uint8(), pa.uint16(), pa.uint32())
+_STRING_VARIANTS = (pa.string(), pa.large_string(), pa.string_view())
+_FLOAT64_VARIANTS = (pa.float64(), pa.float32())
+_ACCEPTED: dict[pa.DataType, tuple[tuple[pa.DataType, ...], str]] = {
+    pa.int64(): (_INT64_VARIANTS, "int64 (int8/16/32, uint8/16/32 accepted)"),
+    pa.string(): (_STRING_VARIANTS, "string (large_string, string_view accepted)"),
+    pa.float64(): (_FLOAT64_VARIANTS, "double (float64; float32 accepted)"),
+}
+
+
+def _accepted(expected: pa.DataType) -> tuple[tuple[pa.DataType, ...], str]:
+    return _ACCEPTED.get(expected, ((expected,), str(expected)))
+
+
+def schema_problems(schema: pa.Schema, expected: pa.Schema = LAION400M_META_SCHEMA) -> list[str]:
+    """Every way ``schema`` falls short of ``expected``: missing, duplicated and mistyped columns."""
+    problems = []
+    for want in expected:
+        types, text = _accepted(want.type)
+        indices = schema.get_all_field_indices(want.name)
+        if not indices:
+            problems.append(f"no {want.name} column, expected {text}")
+        elif len(indices) > 1:
+            problems.append(f"{want.name} appears {len(indices)} times, expected one column of {text}")
+        elif schema.field(indices[0]).type not in types:
+            problems.append(f"{want.name} is {schema.field(indices[0]).type}, expected {text}")
+    return problems
+
+
+def check_meta_schema(src_uri: str, schema: pa.Schema) -> None:
+    """Refuse a part whose schema is not laion400m-meta's, naming every missing or mistyped column."""
+    problems = schema_problems(schema)
+    if problems:
+        found = ", ".join(f"{field.name} {field.type}" for field in schema) or "none"
+        raise InputError(
+            src_uri,
+            f"not a laion400m-meta part: {'; '.join(problems)} (found columns: {found}); nothing was written",
+        )
 
 
 def _need_storage(uri: str, storage: Storage | None) -> Storage:
@@ -101,7 +151,11 @@ def _scan(src_uri: str, storage: Storage | None, stack: contextlib.ExitStack) ->
 
 
 def _output_schema(schema: pa.Schema) -> pa.Schema:
-    """The source schema, minus pandas metadata that could describe an index column we never write."""
+    """The (checked) source schema with the expected columns in their expected types (accepted variants
+    widened), minus pandas metadata that could describe an index column we never write."""
+    for want in LAION400M_META_SCHEMA:
+        index = schema.get_field_index(want.name)
+        schema = schema.set(index, schema.field(index).with_type(want.type))
     metadata = {k: v for k, v in (schema.metadata or {}).items() if k != b"pandas"}
     return schema.with_metadata(metadata or None)
 
@@ -166,15 +220,17 @@ def filter_meta_part(
 ) -> dict[str, Any]:
     """Write the rows of parquet part ``src_uri`` whose SAMPLE_ID is in ``face_ids`` to ``dst_uri``.
 
-    Same rows and order as the authors' script, the source's Arrow schema, no index column. Remote URIs go
-    through ``storage``. Returns rows in/out, id count, output bytes and timings. A bad input raises
-    InputError naming the file, and no ``dst_uri`` is left behind.
+    Same rows and order as the authors' script, the source's Arrow schema (accepted narrower types widened to
+    :data:`~facelake.laion.formats.LAION400M_META_SCHEMA`'s), no index column. Remote URIs go through
+    ``storage``. Returns rows in/out, id count, output bytes and timings. A bad input (unreadable, or a
+    schema that is not laion400m-meta's) raises InputError naming the file, and no ``dst_uri`` is left
+    behind; the schema is checked before anything is written.
     """
     started = time.perf_counter()
     ids = face_id_array(face_ids)
     footer = _read_footer(src_uri, storage)
     schema = footer.schema.to_arrow_schema()
-    _check_schema(src_uri, schema)
+    check_meta_schema(src_uri, schema)
     out_schema = _output_schema(schema)
     validated = time.perf_counter()
     rows_out = writer_rows = 0

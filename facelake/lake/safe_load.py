@@ -4,7 +4,9 @@ Two doors, both allowlists:
 
 - :func:`load_torch_weights_only` — ``torch.load(weights_only=True)`` with the numpy globals that the
   LAION-Face releases need, under their numpy-2 names (``numpy._core.multiarray``) and the numpy-1 names
-  the released files were pickled with (``numpy.core.multiarray``).
+  the released files were pickled with (``numpy.core.multiarray``). A file torch would not recognise as its
+  own (neither a zip archive nor the legacy format led by torch's magic number; e.g. a plain pickle) is
+  refused up front, from its first bytes and opcodes, before any unpickling.
 - :func:`restricted_unpickle` — a plain :class:`pickle.Unpickler` whose ``find_class`` admits only numpy
   array/dtype/scalar reconstruction and a few harmless builtins (SFHQ ``pretrained_features/*.pickle``).
 
@@ -19,6 +21,7 @@ import _compat_pickle
 import codecs
 import io
 import pickle
+import pickletools
 import re
 import zipfile
 from collections.abc import Callable, Iterable
@@ -93,6 +96,35 @@ def _read_source(path_or_uri: str, storage: Storage | None) -> bytes:
         raise InputError(path_or_uri, "is a directory, expected a file") from None
 
 
+# What torch.load itself recognises (torch.serialization): a zip archive by its local-file-header magic
+# (``_is_zipfile``), else the legacy format, a pickle stream whose first object is ``MAGIC_NUMBER``
+# (``_legacy_load`` refuses "Invalid magic number" otherwise). The legacy tar format is only tried on real
+# files, never on the in-memory buffer we hand torch, so it is not a torch file here either.
+_ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = torch.serialization.MAGIC_NUMBER
+_INT_OPCODES = frozenset({"LONG", "LONG1", "LONG4", "INT"})
+NOT_A_TORCH_FILE = (
+    "not a torch file (neither a zip archive nor the legacy torch format); refused, nothing was executed"
+)
+
+
+def _starts_with_legacy_magic(data: bytes) -> bool:
+    """Whether the first pickled object is torch's magic number, read opcode by opcode (nothing executed)."""
+    try:
+        for opcode, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if opcode.name in ("PROTO", "FRAME"):
+                continue
+            return opcode.name in _INT_OPCODES and arg == _LEGACY_MAGIC
+    except Exception:  # not a pickle stream at all (pickletools raises ValueError and friends)
+        return False
+    return False
+
+
+def is_torch_file(data: bytes) -> bool:
+    """A ``torch.save`` file: a zip archive, or the legacy format's pickle led by torch's magic number."""
+    return data.startswith(_ZIP_MAGIC) or _starts_with_legacy_magic(data)
+
+
 def _refused_global(message: str) -> str | None:
     """What torch refused ("global io.open"), from its error message; None when it is not a refusal."""
     for pattern, label in _REFUSAL_PATTERNS:
@@ -123,10 +155,13 @@ def load_torch_weights_only(
 
     ``extra_globals`` are further objects or ``(object, "qualified.name")`` pairs to admit.
     Raises :class:`UnsafePickleError` for a global outside the allowlist (nothing executed) and
-    :class:`InputError` for a missing, truncated or non-torch file.
+    :class:`InputError` for a missing, truncated or non-torch file. A file that is neither a zip archive nor
+    the legacy torch format (a plain pickle, an HTML error page) is refused before torch sees it.
     """
     extra_globals = list(extra_globals)
     data = _read_source(path_or_uri, storage)
+    if not is_torch_file(data):
+        raise InputError(path_or_uri, NOT_A_TORCH_FILE)
     try:
         with torch.serialization.safe_globals(torch_safe_globals(extra_globals)):
             return torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")

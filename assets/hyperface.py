@@ -20,14 +20,17 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
+    AssetSelection,
+    Definitions,
     MaterializeResult,
     MetadataValue,
     StaticPartitionsDefinition,
-    asset,
+    define_asset_job,
 )
 
+from assets.areas import area_definitions
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
-from assets.pools import gpu_asset
+from assets.pools import cpu_asset, gpu_asset
 from facelake.faces.identity import EmbedderProfile
 from facelake.hyperface.references import (
     PLOT_FILE,
@@ -51,7 +54,6 @@ from resources import StorageResource
 GROUP = "hyperface"
 GALLERY = "hyperface_gallery"
 REFERENCE = "hyperface_reference_embeddings"
-HYPERFACE_REFERENCE_ASSETS = [AssetKey(REFERENCE)]
 MIN_ANGLE_CHECK = "min_angle_reaches_bound"
 PROGRESS_LOG_INTERVAL_S = 15.0
 
@@ -71,7 +73,7 @@ def gallery_asset(settings: FacelakeSettings) -> AssetsDefinition:
     from_laion = gallery_settings.source == "laion_face_embeddings"
     version = code_version("1", gallery_settings.model_dump())
 
-    @asset(
+    @cpu_asset(
         name=GALLERY,
         group_name=GROUP,
         deps=[AssetKey("laion_face_embeddings")] if from_laion else [],
@@ -222,3 +224,17 @@ def _limit_cpu_threads(settings: FacelakeSettings) -> None:
     threads = settings.models.torch_threads
     if threads > 0 and not torch.cuda.is_available():
         torch.set_num_threads(threads)
+
+
+hyperface_reference_job = define_asset_job(
+    "hyperface_reference_job",
+    selection=AssetSelection.assets(REFERENCE),
+    description="HyperFace reference embeddings of one variant (partition key = variant name from "
+    "hyperface.variants; GPU step: pool 'gpu', celery queue 'gpu'), with the blocking minimum-angle check. "
+    "Materialize hyperface_gallery first.",
+)
+
+
+def definitions(settings: FacelakeSettings) -> Definitions:
+    """The HyperFace area for ``settings``."""
+    return area_definitions(hyperface_assets(settings), jobs=[hyperface_reference_job])

@@ -1,7 +1,13 @@
-"""The few lines every asset shares: run config, code versions with a config hash, and the result."""
+"""The few lines every asset shares: run config, code versions with a config hash, the commit, the result.
+
+An asset body resolves its inputs into a :class:`Commit` (the partition, the config that identifies its
+output, how to write it) and returns :func:`commit_and_report`: commit manifest-last under this run's lease,
+then the MaterializeResult with the manifest's facts and the asset's own metadata."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from dagster import (
@@ -13,7 +19,14 @@ from dagster import (
     MetadataValue,
 )
 
-from facelake.lake.commit import CommitOutcome, PartitionArtifact
+from facelake.lake.commit import (
+    Attempt,
+    CommitOutcome,
+    Manifest,
+    PartitionArtifact,
+    Written,
+    materialize_partition,
+)
 from facelake.lake.hashing import config_hash
 from facelake.lake.storage import Storage
 
@@ -71,6 +84,121 @@ def materialize_result(
         data_version=DataVersion(f"{manifest.content_hash[:16]}-{manifest.config_hash}"),
         check_results=check_results,
     )
+
+
+@dataclass
+class Commit:
+    """One asset run's commit: ``write`` fills an attempt of ``artifact``; ``run_config`` identifies the output
+    (a committed partition with the same config and code version is reused unless ``force``)."""
+
+    artifact: PartitionArtifact
+    run_config: dict[str, Any]
+    write: Callable[[Attempt], Written]
+    force: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+    """Further :func:`~facelake.lake.commit.materialize_partition` options (``lease_ttl_s``, ``keep``)."""
+
+
+def commit_and_report(
+    context: AssetExecutionContext,
+    version: str,
+    commit: Commit,
+    report: Callable[[Manifest], dict[str, Any]] | None = None,
+    checks: Callable[[Manifest], list[AssetCheckResult]] | None = None,
+) -> MaterializeResult:
+    """Commit ``commit`` manifest-last with this run as the lease owner, then report: the manifest's facts,
+    ``report(manifest)`` and the ``checks(manifest)`` results."""
+    outcome = materialize_partition(
+        commit.artifact,
+        commit.run_config,
+        version,
+        owner(context),
+        commit.write,
+        force=commit.force,
+        **commit.options,
+    )
+    manifest = outcome.manifest
+    return materialize_result(
+        context,
+        commit.artifact,
+        outcome,
+        report(manifest) if report else None,
+        check_results=checks(manifest) if checks else None,
+    )
+
+
+@dataclass
+class Step:
+    """One run of a committed asset: its context and run config, the lake, and the partition key."""
+
+    context: AssetExecutionContext
+    config: CommitConfig
+    lake: Storage
+
+    @property
+    def part(self) -> str:
+        """The partition key (``all`` for an unpartitioned asset)."""
+        return self.context.partition_key if self.context.has_partition_key else "all"
+
+    def resource(self, name: str) -> Any:
+        """The resource ``name`` (declared in :func:`committed_asset`'s ``resources``)."""
+        return getattr(self.context.resources, name)
+
+
+@dataclass
+class Plan:
+    """What a committed asset does in one run: the commit, then how to report the committed manifest."""
+
+    commit: Commit
+    report: Callable[[Manifest], dict[str, Any]] | None = None
+    checks: Callable[[Manifest], list[AssetCheckResult]] | None = None
+
+
+def lake_asset(
+    decorator: Callable[..., Any],
+    *,
+    resources: tuple[str, ...] = (),
+    config_type: type[CommitConfig] = CommitConfig,
+    **asset_kwargs: Any,
+) -> Callable[[Callable[[Step], MaterializeResult]], Any]:
+    """Turn ``run(step) -> MaterializeResult`` into an asset made by ``decorator`` (e.g. ``cpu_asset``) that
+    needs ``storage`` plus ``resources`` and takes run config ``config_type``."""
+
+    def wrap(run: Callable[[Step], MaterializeResult]) -> Any:
+        def body(context: AssetExecutionContext, config: CommitConfig) -> MaterializeResult:
+            return run(Step(context, config, context.resources.storage.get()))
+
+        # Dagster reads the context and run config types from the annotations (real types, not strings)
+        body.__annotations__ = {
+            "context": AssetExecutionContext,
+            "config": config_type,
+            "return": MaterializeResult,
+        }
+        body.__name__, body.__doc__ = run.__name__, run.__doc__
+        return decorator(
+            name=asset_kwargs.pop("name", run.__name__),
+            required_resource_keys={"storage", *resources},
+            **asset_kwargs,
+        )(body)
+
+    return wrap
+
+
+def committed_asset(
+    decorator: Callable[..., Any], *, version: str, **asset_kwargs: Any
+) -> Callable[[Callable[[Step], Plan]], Any]:
+    """Turn ``plan(step) -> Plan`` into an asset (see :func:`lake_asset` for the other arguments): resolve
+    the lake, plan, commit manifest-last under this run's lease, report."""
+
+    def wrap(plan: Callable[[Step], Plan]) -> Any:
+        def run(step: Step) -> MaterializeResult:
+            planned = plan(step)
+            return commit_and_report(step.context, version, planned.commit, planned.report, planned.checks)
+
+        run.__name__, run.__doc__ = plan.__name__, plan.__doc__
+        return lake_asset(decorator, code_version=version, **asset_kwargs)(run)
+
+    return wrap
 
 
 def _metadata_value(value: Any) -> Any:

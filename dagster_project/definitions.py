@@ -1,47 +1,23 @@
-"""The facelake code location: assets, checks, jobs, schedules and resources, built from the settings."""
+"""The facelake code location: every dataset area's definitions merged, with the resources and the executor."""
 
 from __future__ import annotations
 
 from dagster import Definitions
 
-from assets.hyperface import hyperface_assets
-from assets.identity_clusters import identity_cluster_assets
-from assets.laion import laion_assets
-from assets.laion_faces import laion_face_model_assets
+from assets import celebahq, faces, hyperface, laion_face
 from dagster_project.executors import executor_from_env
-from dagster_project.jobs import (
-    celebahq_identity_job,
-    hyperface_reference_job,
-    laion_face_faces_job,
-    laion_face_inputs_job,
-    laion_face_part_job,
-    laion_face_report_job,
-)
-from dagster_project.schedules import laion_schedule
 from dagster_project.settings import current_settings
 from facelake.settings import FacelakeSettings
 from resources import CatalogResource, Img2DatasetResource, LaionSourcesResource, StorageResource
 from resources.models import ModelRegistryResource
 
+AREAS = (laion_face, faces, celebahq, hyperface)
+"""The dataset areas, each a module of ``assets/`` with ``definitions(settings)``."""
+
 
 def build_definitions(settings: FacelakeSettings) -> Definitions:
     """Definitions for one deployment's settings (tests build their own)."""
-    model_assets = laion_face_model_assets(settings)
-    return Definitions(
-        assets=laion_assets(settings)
-        + model_assets[:-1]
-        + hyperface_assets(settings)
-        + identity_cluster_assets(settings),
-        asset_checks=model_assets[-1:],
-        jobs=[
-            laion_face_part_job,
-            laion_face_inputs_job,
-            laion_face_report_job,
-            laion_face_faces_job,
-            hyperface_reference_job,
-            celebahq_identity_job,
-        ],
-        schedules=[laion_schedule(settings)],
+    resources = Definitions(
         resources={
             "storage": StorageResource.from_settings(settings),
             "laion_sources": LaionSourcesResource.from_settings(settings),
@@ -51,6 +27,7 @@ def build_definitions(settings: FacelakeSettings) -> Definitions:
         },
         executor=executor_from_env(),
     )
+    return Definitions.merge(*(area.definitions(settings) for area in AREAS), resources)
 
 
 defs = build_definitions(current_settings())

@@ -31,7 +31,7 @@ from dagster import (
 from sklearn.cluster import DBSCAN
 
 import dagster_project  # noqa: F401  (first: the code location imports the asset modules, avoiding a cycle)
-from assets.identity_clusters import CENTROID_CHECK, identity_clusters_asset
+from assets.clusters import CENTROID_CHECK, identity_clusters_asset
 from assets.materializing import materialize_result
 from facelake.celebahq import dataset as celebahq
 from facelake.clusters.settings import ClusteringSettings

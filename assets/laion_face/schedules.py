@@ -15,8 +15,7 @@ from dagster import (
     schedule,
 )
 
-from assets.laion import LAION_PART_ASSETS
-from dagster_project.jobs import laion_face_part_job
+from assets.laion_face.jobs import LAION_PART_ASSETS, laion_face_part_job
 from facelake.laion import artifacts
 from facelake.laion.scheduling import plan_part_requests
 from facelake.settings import FacelakeSettings

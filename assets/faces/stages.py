@@ -13,15 +13,14 @@ import pyarrow as pa
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
-    AssetExecutionContext,
     AssetsDefinition,
     MaterializeResult,
     PartitionsDefinition,
     asset_check,
 )
 
-from assets.materializing import CommitConfig, code_version, materialize_result, owner
-from assets.pools import ArtifactFor, gpu_asset
+from assets.materializing import CommitConfig, Step, code_version, lake_asset, materialize_result, owner
+from assets.pools import CPU_TAGS, ArtifactFor, gpu_asset
 from facelake.faces.detection_compare import compare_detections
 from facelake.faces.stages import StageCounter, detect_shard, embed_shard
 from facelake.lake.shard_stage import commit_shard_stage, read_stage_table
@@ -29,7 +28,6 @@ from facelake.lake.tables import read_parquet
 from facelake.lake.webdataset_reader import part_image_shards
 from facelake.models.registry import detector_model
 from resources import StorageResource
-from resources.models import ModelRegistryResource
 
 
 class FaceStageConfig(CommitConfig):
@@ -51,6 +49,23 @@ def stage_metadata(counter: StageCounter, extra: dict) -> dict:
     }
 
 
+def _face_stage(
+    name: str, group: str, partitions_def: PartitionsDefinition, deps: list, version: str, description: str
+):
+    """``@asset`` of a face stage: GPU pool and tags, the ``models`` resource, :class:`FaceStageConfig`."""
+    return lake_asset(
+        gpu_asset,
+        resources=("models",),
+        config_type=FaceStageConfig,
+        name=name,
+        group_name=group,
+        partitions_def=partitions_def,
+        deps=deps,
+        code_version=version,
+        description=description,
+    )
+
+
 def detected_faces_asset(
     *,
     name: str,
@@ -64,38 +79,31 @@ def detected_faces_asset(
     """Our own RetinaFace run over an image asset's committed webdataset shards: one row per face."""
     version = code_version("1", detector_version)
 
-    @gpu_asset(
-        name=name,
-        group_name=group,
-        partitions_def=partitions_def,
-        deps=[images],
-        code_version=version,
-        description=f"RetinaFace detections on the downloaded images of {images}: one row per face "
+    @_face_stage(
+        name,
+        group,
+        partitions_def,
+        [images],
+        version,
+        f"RetinaFace detections on the downloaded images of {images}: one row per face "
         "(sample_id, face_index, box, 5 landmarks, score, detector, threshold), boxes in original pixels.",
     )
-    def _detected(
-        context: AssetExecutionContext,
-        config: FaceStageConfig,
-        storage: StorageResource,
-        models: ModelRegistryResource,
-    ) -> MaterializeResult:
-        lake, part = storage.get(), context.partition_key
+    def _detected(step: Step) -> MaterializeResult:
+        lake, part, config, models = step.lake, step.part, step.config, step.resource("models")
         source = images_artifact(lake, part)
-        source_manifest = source.require_manifest()
         shards = {s.shard_id: s for s in part_image_shards(lake, source)}
         detector = models.detector()
         weights = models.describe(detector_model(models.detector_backbone))
         stage_config = {**detector.config(), "weights_sha256": weights["sha256"]}
         counter = StageCounter()
-        context.log.info(
+        step.context.log.info(
             f"{detector.name} on {detector.device} over {len(shards)} shard(s) of {images}[{part}]"
         )
-
         outcome = commit_shard_stage(
             out_artifact(lake, part),
-            {**stage_config, "images": source_manifest.content_hash},
+            {**stage_config, "images": source.require_manifest().content_hash},
             version,
-            owner(context),
+            owner(step.context),
             shards,
             lambda i: detect_shard(
                 lake, shards[i], detector, config.batch_size, config.decode_threads, counter
@@ -103,13 +111,13 @@ def detected_faces_asset(
             stage_config,
             force=config.force,
             extra={"detector": stage_config},
-            log=context.log.info,
+            log=step.context.log.info,
         )
         extra = outcome.manifest.extra
         metadata = stage_metadata(
             counter, {"detector": detector.name, "device": str(detector.device), **_ints(extra)}
         )
-        return materialize_result(context, out_artifact(lake, part), outcome, metadata)
+        return materialize_result(step.context, out_artifact(lake, part), outcome, metadata)
 
     return _detected
 
@@ -129,6 +137,7 @@ def detections_agreement_check(
     @asset_check(
         asset=asset_name,
         name="agrees_with_released_detections",
+        op_tags=CPU_TAGS,
         partitions_def=partitions_def,
         description=f"IoU>=0.5 matched recall >= {min_recall} and precision >= {min_precision} against the "
         "released detections, over the images both sides saw.",
@@ -168,44 +177,37 @@ def face_embeddings_asset(
     """Identity embeddings of every detected face of an image asset, with the embedder's provenance per row."""
     version = code_version("1", embedder_version)
 
-    @gpu_asset(
-        name=name,
-        group_name=group,
-        partitions_def=partitions_def,
-        deps=[images, detections],
-        code_version=version,
-        description=f"Identity embeddings (L2-normalised) of the faces in {detections} on the images of {images}: "
+    @_face_stage(
+        name,
+        group,
+        partitions_def,
+        [images, detections],
+        version,
+        f"Identity embeddings (L2-normalised) of the faces in {detections} on the images of {images}: "
         "one row per face (sample_id, key, face_index, embedding, embedder provenance).",
     )
-    def _embeddings(
-        context: AssetExecutionContext,
-        config: FaceStageConfig,
-        storage: StorageResource,
-        models: ModelRegistryResource,
-    ) -> MaterializeResult:
-        lake, part = storage.get(), context.partition_key
-        source = images_artifact(lake, part)
+    def _embeddings(step: Step) -> MaterializeResult:
+        lake, part, config = step.lake, step.part, step.config
         faces_artifact = detections_artifact(lake, part)
         faces_manifest = faces_artifact.require_manifest()
-        shards = {s.shard_id: s for s in part_image_shards(lake, source)}
+        shards = {s.shard_id: s for s in part_image_shards(lake, images_artifact(lake, part))}
         faces: pa.Table = read_stage_table(lake, faces_artifact)
-        embedder = models.identity_embedder()
+        embedder = step.resource("models").identity_embedder()
         profile = embedder.profile
-        context.log.info(f"embedder: {profile.describe()}")
+        step.context.log.info(f"embedder: {profile.describe()}")
         stage_config = {**profile.provenance(), "faces": faces_manifest.content_hash}
         counter = StageCounter()
-
         outcome = commit_shard_stage(
             out_artifact(lake, part),
             stage_config,
             version,
-            owner(context),
+            owner(step.context),
             shards,
             lambda i: embed_shard(lake, shards[i], faces, embedder, config.batch_size, counter),
             stage_config,
             force=config.force,
             extra={"embedder": profile.provenance()},
-            log=context.log.info,
+            log=step.context.log.info,
         )
         metadata = stage_metadata(
             counter,
@@ -216,7 +218,7 @@ def face_embeddings_asset(
                 **_ints(outcome.manifest.extra),
             },
         )
-        return materialize_result(context, out_artifact(lake, part), outcome, metadata)
+        return materialize_result(step.context, out_artifact(lake, part), outcome, metadata)
 
     return _embeddings
 

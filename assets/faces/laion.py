@@ -1,19 +1,18 @@
 """LAION-Face through the face models: our own detections per part, their agreement with the released ones,
-and identity embeddings of every detected face (the factories of :mod:`assets.faces`)."""
+identity embeddings of every detected face and their identity clusters (the factories of
+:mod:`assets.faces.stages` and :mod:`assets.clusters`)."""
 
-from dagster import AssetKey
-
-from assets.faces import detected_faces_asset, detections_agreement_check, face_embeddings_asset
+from assets.clusters import identity_clusters_asset
+from assets.faces.stages import detected_faces_asset, detections_agreement_check, face_embeddings_asset
 from assets.partitions import laion_parts
 from facelake.laion import artifacts
 from facelake.settings import FacelakeSettings
 
 GROUP = "laion_face_models"
-LAION_FACE_MODEL_ASSETS = [AssetKey("laion_face_detected"), AssetKey("laion_face_embeddings")]
 
 
 def laion_face_model_assets(settings: FacelakeSettings) -> list:
-    """Detected faces, embeddings and the agreement check for the LAION-Face parts."""
+    """Detected faces, embeddings, the agreement check and identity clusters of the LAION-Face parts."""
     models = settings.models
     detector_version = {
         "backbone": models.detector_backbone,
@@ -48,4 +47,13 @@ def laion_face_model_assets(settings: FacelakeSettings) -> list:
         group=GROUP,
         embedder_version={"embedder": models.embedder, "paths": models.paths, **detector_version},
     )
-    return [detected, embeddings, check]
+    clusters = identity_clusters_asset(
+        name="laion_face_identity_clusters",
+        embeddings="laion_face_embeddings",
+        embeddings_artifact=artifacts.embeddings,
+        out_artifact=lambda lake, part: artifacts.part_artifact(lake, "identity_clusters", part),
+        settings=settings.clustering,
+        group=GROUP,
+        partitions_def=laion_parts,
+    )
+    return [detected, embeddings, check, clusters]

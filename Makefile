@@ -21,15 +21,16 @@ dev: install  ## the Dagster UI on the demo instance
 	DAGSTER_HOME=$(CURDIR)/.facelake/demo/dagster_home FACELAKE_CONFIG=$(CURDIR)/.facelake/demo/facelake.yaml \
 		$(BIN)/dagster dev -w workspace.yaml
 
-test: install  ## lint, then the whole suite (Postgres on 127.0.0.1; CI sets FACELAKE_REQUIRE_SERVICES=1)
+test: install  ## lint, architecture contracts, then the whole suite (Postgres and Redis on 127.0.0.1; CI sets FACELAKE_REQUIRE_SERVICES=1)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
-	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/lint-imports --no-cache
 
 format: install
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

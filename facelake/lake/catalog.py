@@ -109,20 +109,40 @@ def _read_manifest(artifact: PartitionArtifact) -> Manifest | None:
         raise InputError(artifact.manifest_uri, f"unreadable partition manifest: {exc}") from exc
 
 
+def subfolders(storage: Storage, uri: str) -> list[str]:
+    """Full URIs of the visible sub-folders of ``uri`` (files and ``_``/``.`` names skipped), sorted; empty if
+    it does not exist."""
+    fs = storage.filesystem_for(uri)
+    try:
+        entries = fs.ls(uri, detail=True, **({} if storage.protocol == "file" else {"refresh": True}))
+    except FileNotFoundError:
+        return []
+    names = {_name(e["name"]) for e in entries if e.get("type") == "directory"}
+    return [f"{uri.rstrip('/')}/{n}" for n in sorted(names) if _visible(n)]
+
+
+def dataset_folders(storage: Storage) -> list[str]:
+    """Names of the dataset folders directly under the root."""
+    return [_name(uri) for uri in subfolders(storage, storage.root)]
+
+
+def partition_folders(storage: Storage, dataset: str) -> list[PartitionArtifact]:
+    """Every ``{root}/{dataset}/<artifact>/<partition>/`` folder, committed or not, sorted."""
+    return [
+        PartitionArtifact(storage, dataset, _name(artifact_uri), _name(partition_uri))
+        for artifact_uri in subfolders(storage, storage.uri(dataset))
+        for partition_uri in subfolders(storage, artifact_uri)
+    ]
+
+
 def committed_partitions(storage: Storage, dataset: str) -> list[CommittedPartition]:
     """Every partition under ``{root}/{dataset}/<artifact>/<partition>/`` that has a manifest, sorted."""
     found = []
-    for artifact_uri in storage.listdir(storage.uri(dataset)):
-        if not _visible(_name(artifact_uri)):
-            continue
-        for partition_uri in storage.listdir(artifact_uri):
-            if not _visible(_name(partition_uri)):
-                continue
-            artifact = PartitionArtifact(storage, dataset, _name(artifact_uri), _name(partition_uri))
-            manifest = _read_manifest(artifact)
-            if manifest is not None:
-                found.append(CommittedPartition(artifact, manifest))
-    return sorted(found, key=lambda c: (c.artifact.artifact, c.artifact.partition))
+    for artifact in partition_folders(storage, dataset):
+        manifest = _read_manifest(artifact)
+        if manifest is not None:
+            found.append(CommittedPartition(artifact, manifest))
+    return found
 
 
 def source_files(

@@ -1,4 +1,5 @@
-"""Entry point of ``python -m facelake.models`` (see :mod:`facelake.models.cli`)."""
+"""Entry point of ``python -m facelake.models``: the same parser and code as ``facelake models`` (see
+:mod:`facelake.models.cli`)."""
 
 from facelake.models.cli import main
 

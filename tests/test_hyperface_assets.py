@@ -319,15 +319,21 @@ def test_random_weight_provenance_is_carried_and_stated(tmp_path, monkeypatch):
     assert table.schema.field("embedding").type.list_size == 64
 
 
+LONG_ITERATIONS, LONG_CHECKPOINT_EVERY = 4000, 50
 LONG = {
     "identities": IDENTITIES,
     "algorithm": "full",
-    "iterations": 600,
+    "iterations": LONG_ITERATIONS,
     "min_angle_deg": 30.0,
-    "packing": {"checkpoint_every": 50},
+    "packing": {"checkpoint_every": LONG_CHECKPOINT_EVERY},
 }
-"""A variant that runs for seconds after its first checkpoint (ms per step at N=200), so that it can be
-SIGKILLed mid-run."""
+"""A variant whose first checkpoint comes after 1.25% of its steps, so that it can be SIGKILLed early on any
+machine: a step takes ~1-3 ms at N=200 on a busy 2-core box (a few times less on a fast one), so the 350
+steps between the first checkpoint and the 10% mark leave the test's 5 ms poll ~0.1 s or more to kill it
+(here the kill lands at the first checkpoint), while the resumed run stays at seconds."""
+KILLED_BY = 0.1
+"""The kill must land before this fraction of the variant's steps ran (read from the checkpoint)."""
+POLL_S = 0.005
 
 
 @dataclass
@@ -372,6 +378,15 @@ def test_the_cli_materializes_the_demo_variant_with_its_check(cli_lake):
     assert evaluation.event.dagster_event.event_specific_data.passed is True
 
 
+def has_checkpoint(folder: Path) -> bool:
+    """A whole checkpoint in ``folder`` (cheap enough to poll every few ms; the folder may not exist yet)."""
+    try:
+        with os.scandir(folder) as entries:
+            return any(entry.name.endswith(".npz") for entry in entries)
+    except FileNotFoundError:
+        return False
+
+
 @pytest.mark.slow
 def test_a_sigkilled_cli_run_resumes_from_its_checkpoint(cli_lake, tmp_path):
     lake, env = cli_lake.lake, cli_lake.env
@@ -381,20 +396,28 @@ def test_a_sigkilled_cli_run_resumes_from_its_checkpoint(cli_lake, tmp_path):
         """Whole checkpoints (a ``.tmp-*`` file is one being written: killed then, it is never read)."""
         return [uri for uri in lake.find(folder) if uri.endswith(".npz")]
 
-    process = start_process(materialize_command([REFERENCE], "long"), env, tmp_path / "killed.log")
+    log = tmp_path / "killed.log"
+    process = start_process(materialize_command([REFERENCE], "long"), env, log)
     try:
-        wait_for(lambda: bool(checkpoints()) or process.poll() is not None, 240, "a checkpoint", 0.05)
-        assert process.poll() is None, (
-            f"the run ended before it was killed:\n{(tmp_path / 'killed.log').read_text()}"
+        # Kill as soon as the first checkpoint appears (atomically renamed into place), polling every 5 ms.
+        wait_for(
+            lambda: has_checkpoint(Path(folder)) or process.poll() is not None, 240, "a checkpoint", POLL_S
         )
+        assert process.poll() is None, f"the run ended before it was killed:\n{log.read_text()}"
         os.killpg(process.pid, signal.SIGKILL)
-        assert process.wait() == -signal.SIGKILL
+        assert process.wait(timeout=30) == -signal.SIGKILL
     finally:
         stop_process_group(process)
     assert artifact.manifest() is None and checkpoints(), "killed: no manifest, the checkpoint stays"
+    [checkpoint] = checkpoints()
+    killed_at = int(StorageCheckpointer(lake, checkpoint).load()["step"])
+    assert 0 < killed_at <= KILLED_BY * LONG_ITERATIONS, (
+        f"the kill landed at step {killed_at} of {LONG_ITERATIONS}, later than {KILLED_BY:.0%} of the run"
+    )
 
     materialize([REFERENCE], env, "long")
     assert artifact.manifest() is not None and not lake.find(folder), "committed; checkpoints deleted"
     _, metadata = latest_metadata(cli_lake.home, "long")
     assert metadata["resumed_from_checkpoint"] is True
     assert metadata["resumed_at_step"] > 0 and metadata["resumed_at_step"] % 50 == 0
+    assert metadata["resumed_at_step"] == killed_at, "the resumed run started from the checkpoint it was left"

@@ -5,6 +5,7 @@ COPY facelake facelake
 COPY assets assets
 COPY resources resources
 COPY dagster_project dagster_project
+COPY synthetic synthetic
 COPY sql sql
 COPY workspace.yaml ./
 ENV FACELAKE_SQL_DIR=/opt/facelake/sql

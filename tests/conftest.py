@@ -101,6 +101,53 @@ def postgres_database() -> Iterator[str]:
         admin.close()
 
 
+def redis_url() -> str:
+    """The Redis server the tests use, without a database number."""
+    return os.environ.get("FACELAKE_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
+
+
+REDIS_TEST_DBS = range(8, 16)
+"""Database numbers tests may claim; 0 (docker-compose's, a developer's) and the other low ones stay alone."""
+REDIS_CLAIM_KEY = "facelake-test-claim"
+
+
+@pytest.fixture
+def redis_database() -> Iterator[str]:
+    """A Redis database claimed for this test alone, emptied; yields its URL and empties it afterwards.
+
+    The claim is a key set with NX in the database itself, so two test sessions on one server never share a
+    database (a celery queue named ``cpu`` in a shared one would feed the other session's workers).
+    """
+    try:
+        import redis
+
+        server = redis.Redis.from_url(redis_url(), socket_connect_timeout=5)
+        server.ping()
+    except Exception as exc:
+        need_service("Redis", str(exc))
+    server.close()
+    token = uuid.uuid4().hex
+    for number in REDIS_TEST_DBS:
+        url = f"{redis_url()}/{number}"
+        client = redis.Redis.from_url(url, socket_connect_timeout=5)
+        if client.set(REDIS_CLAIM_KEY, token, nx=True, ex=3 * 3600):
+            break
+        client.close()
+    else:
+        pytest.fail(
+            f"every Redis test database {REDIS_TEST_DBS} on {redis_url()} is claimed ({REDIS_CLAIM_KEY})"
+        )
+    try:
+        for key in client.scan_iter(count=1000):  # what a killed session left
+            if key != REDIS_CLAIM_KEY.encode():
+                client.delete(key)
+        yield url
+    finally:
+        if client.get(REDIS_CLAIM_KEY) == token.encode():
+            client.flushdb()
+        client.close()
+
+
 @pytest.fixture
 def laion_world(tmp_path, monkeypatch):
     """The offline LAION-Face world served on 127.0.0.1, with FACELAKE_CONFIG pointing at its config."""

@@ -277,7 +277,7 @@ def test_config_and_input_validation() -> None:
 def test_results_do_not_depend_on_screen_block_or_gallery_cache(algorithm: str, monkeypatch) -> None:
     """Screening and the gallery cache only find candidates: the chosen neighbours, hence every step, are exact."""
     monkeypatch.setattr(
-        "facelake.hyperface.packing.CACHE_MIN_GALLERY", 0
+        "facelake.hyperface.packing_run.CACHE_MIN_GALLERY", 0
     )  # use the cache on this small gallery
     gallery = _unit(np.random.default_rng(10), 90, 16, shift=1.0)
     common = {"identities": 60, "iterations": 25 if algorithm == "full" else 5, "algorithm": algorithm}

@@ -142,6 +142,33 @@ CATALOGUE: dict[str, ModelSpec] = {
             "from a machine that has it into {cache_dir}/ or set models.paths['arcface'] to the file; no "
             "ArcFace weights ship offline and none are downloaded",
         ),
+        # Folder models (facelake.generation.layout): the first file found locates the folder's root.
+        ModelSpec(
+            "stable-diffusion-v1-5",
+            ("stable-diffusion-v1-5/vae/config.json", "vae/config.json"),
+            "on a machine with internet download Stable Diffusion 1.5's vae/, scheduler/ and tokenizer/ folders "
+            "(`hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --include 'vae/*' 'scheduler/*' "
+            "'tokenizer/*' --local-dir stable-diffusion-v1-5`, formerly runwayml/stable-diffusion-v1-5), copy "
+            "that folder to {cache_dir}/stable-diffusion-v1-5/ or set models.paths['stable-diffusion-v1-5'] "
+            "to it; nothing is downloaded here",
+            license="CreativeML OpenRAIL-M",
+        ),
+        ModelSpec(
+            "arc2face",
+            ("Arc2Face/arc2face/config.json", "arc2face/config.json"),
+            "on a machine with internet download Arc2Face's arc2face/ (UNet) and encoder/ (id encoder) "
+            "folders and its arcface.onnx (`hf download FoivosPar/Arc2Face --include 'arc2face/*' "
+            "'encoder/*' arcface.onnx --local-dir Arc2Face`), copy that folder to {cache_dir}/Arc2Face/ or "
+            "set models.paths['arc2face'] to it; nothing is downloaded here",
+        ),
+        ModelSpec(
+            "lcm-lora-sdv1-5",
+            ("lcm-lora-sdv1-5/pytorch_lora_weights.safetensors", "pytorch_lora_weights.safetensors"),
+            "only for the few-step mode: on a machine with internet download the LCM-LoRA for SD-1.5 "
+            "(`hf download latent-consistency/lcm-lora-sdv1-5 pytorch_lora_weights.safetensors --local-dir "
+            "lcm-lora-sdv1-5`), copy that folder to {cache_dir}/lcm-lora-sdv1-5/ or set "
+            "models.paths['lcm-lora-sdv1-5'] to it; nothing is downloaded here",
+        ),
     )
 }
 

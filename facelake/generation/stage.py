@@ -1,0 +1,580 @@
+"""HyperFace's generation stage: n images per packed identity, committed per shard and resumable.
+
+Input: the reference embeddings of a variant, or of one of its identity shards (the table
+``facelake.hyperface.references.read_reference_embeddings`` returns: ``identity_id``, ``identity_index``,
+``embedding`` and the embedder provenance). Image ``i`` of identity ``x`` is generated from
+``x' = normalize(x + beta * n)`` and fresh latent noise, both drawn from seeds derived from
+(variant, identity_id, i, seed) (:mod:`facelake.generation.seeds`), so any image regenerates identically
+alone or in any batch; batches of ``batch_size`` span identities.
+
+Output, inside one partition (``materialize_partition``, manifest last, ``keep=("shards/",)``): generation
+shards of ``shard_identities`` consecutive identities (shard id ``identity_index // shard_identities``, so ids
+are stable whatever subset a partition holds), each ``shards/NNNNN.tar`` + ``NNNNN.parquet`` +
+``NNNNN.done.json`` (:mod:`facelake.generation.shards`), committed one by one by
+:func:`facelake.lake.shard_stage.run_shard_stage`: a run killed mid-partition resumes at the first shard not
+committed, and a shard whose inputs (identities, embeddings), generator (weights, sampling) or options changed
+is redone alone. Then ``contact_sheet.png`` (a few identities, read back from the committed tars).
+
+The generator's identity space is checked against the variant's before anything runs: a variant packed in
+another space (dlib's 128-d) is refused naming both (:func:`facelake.generation.space.check_identity_space`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from facelake.faces.identity import PROVENANCE_COLUMNS, table_embeddings, table_space
+from facelake.generation.contact_sheet import CONTACT_SHEET_FILE, contact_sheet_from_tars
+from facelake.generation.generator import Arc2FaceGenerator
+from facelake.generation.seeds import image_seeds, perturbed_embeddings
+from facelake.generation.shards import (
+    INDEX_SCHEMA,
+    OUT_DIR,
+    TarBuilder,
+    encode_jpeg,
+    image_key,
+    index_tar_record,
+    sample_json,
+    tar_is_whole,
+    tar_name,
+    with_tar_metadata,
+)
+from facelake.generation.space import check_identity_space
+from facelake.lake.commit import (
+    Attempt,
+    CommitOutcome,
+    FileEntry,
+    PartitionArtifact,
+    Written,
+    materialize_partition,
+)
+from facelake.lake.errors import InputError
+from facelake.lake.hashing import combine_hashes
+from facelake.lake.shard_stage import DONE_SUFFIX, ShardStageResult, run_shard_stage, shard_name
+
+_ID_INDEX = re.compile(r"(\d+)$")
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """Per-variant generation settings (the paper: 64 images per identity, beta 0.005).
+
+    ``images_per_identity``, ``beta``, ``seed``, ``shard_identities`` and ``jpeg_quality`` decide the output
+    (they are in the shards' config hash); ``batch_size`` and the contact sheet's size do not.
+    """
+
+    images_per_identity: int = 64
+    beta: float = 0.005
+    seed: int = 0
+    shard_identities: int = 16
+    batch_size: int = 8
+    jpeg_quality: int = 95
+    contact_sheet_identities: int = 4
+    contact_sheet_images: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("images_per_identity", "shard_identities", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+    def config(self) -> dict[str, Any]:
+        """The options that decide the images and the shard layout."""
+        keys = ("images_per_identity", "beta", "seed", "shard_identities", "jpeg_quality")
+        return {key: asdict(self)[key] for key in keys}
+
+
+@dataclass(frozen=True)
+class IdentityShard:
+    """One generation shard: rows of a :class:`ReferenceIdentities`, and a fingerprint of their input."""
+
+    shard_id: int
+    rows: np.ndarray
+    fingerprint: str
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceIdentities:
+    """Unit identity vectors of one variant, with their ids and embedding space (one space only)."""
+
+    variant: str
+    identity_ids: tuple[str, ...]
+    identity_index: np.ndarray  # int64 [N]
+    embeddings: np.ndarray  # float32 [N, d], unit rows
+    space: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.identity_ids)
+
+    @classmethod
+    def from_table(
+        cls, table: pa.Table, variant: str | None = None, name: str = "reference embeddings"
+    ) -> ReferenceIdentities:
+        """From a reference-embeddings table (``identity_id``, ``embedding``, provenance; ``identity_index``
+        and ``variant`` used when present). Rows are sorted by identity index."""
+        missing = [
+            c for c in ("identity_id", "embedding", *PROVENANCE_COLUMNS) if c not in table.column_names
+        ]
+        if missing:
+            raise InputError(name, f"reference embeddings lack columns {missing}")
+        if not table.num_rows:
+            raise InputError(name, "no reference identities to generate")
+        space = table_space(table)
+        ids = [str(v) for v in table["identity_id"].to_pylist()]
+        if "identity_index" in table.column_names:
+            index = np.asarray(table["identity_index"].to_pylist(), np.int64)
+        else:
+            index = np.asarray([_index_of(i, name) for i in ids], np.int64)
+        if "variant" in table.column_names:
+            variants = set(table["variant"].to_pylist())
+            if len(variants) != 1 or (variant is not None and variants != {variant}):
+                raise InputError(name, f"rows of variants {sorted(map(str, variants))}, expected {variant!r}")
+            variant = variant or str(variants.pop())
+        if variant is None:
+            raise InputError(name, "no variant column: pass the variant name")
+        if len(set(ids)) != len(ids) or len(set(index.tolist())) != len(index):
+            raise InputError(name, "identity ids and indices must be unique")
+        vectors = table_embeddings(table)
+        norms = np.linalg.norm(vectors, axis=1)
+        if not np.all(np.isfinite(norms)) or np.any(np.abs(norms - 1.0) > 1e-3):
+            raise InputError(name, "reference embeddings must be unit vectors")
+        order = np.argsort(index, kind="stable")
+        return cls(
+            variant,
+            tuple(ids[i] for i in order),
+            index[order],
+            np.ascontiguousarray(vectors[order], np.float32),
+            space,
+        )
+
+    def shards(self, shard_identities: int) -> dict[int, IdentityShard]:
+        """Generation shards: identity index // ``shard_identities`` -> rows, with input fingerprints."""
+        shard_of = self.identity_index // int(shard_identities)
+        shards = {}
+        for shard_id in np.unique(shard_of).tolist():
+            rows = np.flatnonzero(shard_of == shard_id)
+            shards[int(shard_id)] = IdentityShard(int(shard_id), rows, self.fingerprint(rows))
+        return shards
+
+    def fingerprint(self, rows: np.ndarray | None = None) -> str:
+        """sha256 over the variant, the ids, indices and exact embedding bytes of ``rows`` (default all)."""
+        rows = np.arange(len(self)) if rows is None else rows
+        digest = hashlib.sha256(np.ascontiguousarray(self.embeddings[rows]).tobytes()).hexdigest()
+        parts = [
+            self.variant,
+            *(self.identity_ids[r] for r in rows.tolist()),
+            self.identity_index[rows].tobytes().hex(),
+        ]
+        return combine_hashes([*parts, digest])
+
+
+def _index_of(identity_id: str, name: str) -> int:
+    match = _ID_INDEX.search(identity_id)
+    if not match:
+        raise InputError(name, f"identity id {identity_id!r} ends in no index and there is no identity_index")
+    return int(match.group(1))
+
+
+@dataclass(frozen=True)
+class ImageRequests:
+    """Images to generate: per image, its identity row, index, and the two seeds derived from its name."""
+
+    rows: np.ndarray  # int64, rows of the ReferenceIdentities
+    index: np.ndarray  # int32, image index within its identity
+    latent_seeds: np.ndarray  # int64
+    embedding_seeds: np.ndarray  # int64
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, positions: np.ndarray | slice) -> ImageRequests:
+        return ImageRequests(
+            self.rows[positions],
+            self.index[positions],
+            self.latent_seeds[positions],
+            self.embedding_seeds[positions],
+        )
+
+
+def plan_requests(
+    identities: ReferenceIdentities, rows: np.ndarray, images_per_identity: int, seed: int = 0
+) -> ImageRequests:
+    """Images ``0..n-1`` of every identity in ``rows``, identity-major (the order within a shard)."""
+    rows = np.repeat(np.asarray(rows, np.int64), images_per_identity)
+    index = np.tile(np.arange(images_per_identity, dtype=np.int32), len(rows) // max(images_per_identity, 1))
+    return requests_for(identities, rows, index, seed)
+
+
+def requests_for(
+    identities: ReferenceIdentities, rows: np.ndarray, index: np.ndarray, seed: int = 0
+) -> ImageRequests:
+    """Requests for arbitrary (identity row, image index) pairs: e.g. one image to regenerate alone."""
+    rows, index = np.asarray(rows, np.int64), np.asarray(index, np.int32)
+    seeds = [
+        image_seeds(identities.variant, identities.identity_ids[r], int(i), seed)
+        for r, i in zip(rows.tolist(), index.tolist(), strict=True)
+    ]
+    return ImageRequests(
+        rows,
+        index,
+        np.asarray([s.latent for s in seeds], np.int64),
+        np.asarray([s.embedding for s in seeds], np.int64),
+    )
+
+
+def conditioning_vectors(identities: ReferenceIdentities, requests: ImageRequests, beta: float) -> np.ndarray:
+    """Each image's identity vector ``normalize(x + beta * n)``, float32 ``[len(requests), d]``."""
+    return perturbed_embeddings(identities.embeddings[requests.rows], beta, requests.embedding_seeds.tolist())
+
+
+def render(
+    generator: Arc2FaceGenerator,
+    identities: ReferenceIdentities,
+    requests: ImageRequests,
+    beta: float,
+    batch_size: int,
+    *,
+    output: Literal["uint8", "float"] = "uint8",
+    counter: GenerationCounter | None = None,
+) -> Iterator[tuple[ImageRequests, np.ndarray, np.ndarray]]:
+    """Generate ``requests`` in batches of ``batch_size`` (spanning identities): yields each batch's
+    requests, conditioning vectors and images."""
+    vectors = conditioning_vectors(identities, requests, beta)
+    for start in range(0, len(requests), batch_size):
+        batch = requests.take(slice(start, start + batch_size))
+        started = time.perf_counter()
+        images = generator.generate(
+            vectors[start : start + batch_size], batch.latent_seeds.tolist(), output=output
+        )  # type: ignore[arg-type]
+        if counter is not None:
+            counter.generate_seconds += time.perf_counter() - started
+            counter.batches += 1
+        yield batch, vectors[start : start + batch_size], images
+
+
+@dataclass
+class GenerationCounter:
+    """What this run generated: images, identities, shards, and the seconds spent (model / whole shards)."""
+
+    images: int = 0
+    identities: int = 0
+    shards: int = 0
+    batches: int = 0
+    generate_seconds: float = 0.0
+    shard_seconds: float = 0.0
+
+    def images_per_second(self) -> float:
+        """Images per second over whole shards (generation, JPEG encoding, writing)."""
+        return self.images / self.shard_seconds if self.shard_seconds > 0 else 0.0
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "images_generated": self.images,
+            "identities_generated": self.identities,
+            "shards_generated": self.shards,
+            "batches": self.batches,
+            "generate_seconds": round(self.generate_seconds, 3),
+            "shard_seconds": round(self.shard_seconds, 3),
+            "images_per_second": round(self.images_per_second(), 4),
+        }
+
+
+def _generator_columns(generator: Arc2FaceGenerator) -> dict[str, Any]:
+    config = generator.config()
+    return {
+        "generator_weights_sha256": config["weights_sha256"],
+        "generator_random_init": bool(config["random_init"]),
+        "generator_mode": config["mode"],
+        "scheduler": config["scheduler"],
+        "steps": int(config["steps"]),
+        "guidance": float(config["guidance"]),
+        "height": int(config["height"]),
+        "width": int(config["width"]),
+    }
+
+
+def generate_shard(
+    generator: Arc2FaceGenerator,
+    identities: ReferenceIdentities,
+    shard: IdentityShard,
+    options: GenerationOptions,
+    *,
+    counter: GenerationCounter | None = None,
+) -> tuple[bytes, pa.Table]:
+    """One shard's tar bytes and its index table (one row per image, in tar order)."""
+    started = time.perf_counter()
+    requests = plan_requests(identities, shard.rows, options.images_per_identity, options.seed)
+    provenance = generator.provenance()
+    builder = TarBuilder()
+    columns: dict[str, list[Any]] = {
+        k: []
+        for k in (
+            "key",
+            "sample_id",
+            "identity_id",
+            "identity_index",
+            "index",
+            "latent_seed",
+            "embedding_seed",
+        )
+    }
+    columns["noise_cosine"] = []
+    reference = identities.embeddings
+    for batch, vectors, images in render(
+        generator, identities, requests, options.beta, options.batch_size, counter=counter
+    ):
+        cosines = np.einsum("ij,ij->i", reference[batch.rows].astype(np.float64), vectors.astype(np.float64))
+        for row, index, latent, embedding, image, cosine in zip(
+            batch.rows.tolist(),
+            batch.index.tolist(),
+            batch.latent_seeds.tolist(),
+            batch.embedding_seeds.tolist(),
+            images,
+            cosines.tolist(),
+            strict=True,
+        ):
+            identity_index = int(identities.identity_index[row])
+            key = image_key(identity_index, index)
+            sample_id = identity_index * options.images_per_identity + index
+            record = {
+                "key": key,
+                "sample_id": sample_id,
+                "variant": identities.variant,
+                "identity_id": identities.identity_ids[row],
+                "identity_index": identity_index,
+                "index": index,
+                "seeds": {"latent": latent, "embedding": embedding, "base": options.seed},
+                "beta": options.beta,
+                "noise_cosine": round(cosine, 6),
+                "generator": provenance,
+                "identity_space": identities.space,
+            }
+            if generator.warning:
+                record["warning"] = generator.warning
+            builder.add(key, {"jpg": encode_jpeg(image, options.jpeg_quality), "json": sample_json(record)})
+            for name, value in zip(
+                (
+                    "key",
+                    "sample_id",
+                    "identity_id",
+                    "identity_index",
+                    "index",
+                    "latent_seed",
+                    "embedding_seed",
+                ),
+                (key, sample_id, identities.identity_ids[row], identity_index, index, latent, embedding),
+                strict=True,
+            ):
+                columns[name].append(value)
+            columns["noise_cosine"].append(cosine)
+    data = builder.finish()
+    n = builder.count
+    table = pa.table(
+        {
+            "key": pa.array(columns["key"], pa.string()),
+            "sample_id": pa.array(columns["sample_id"], pa.int64()),
+            "shard": pa.array(np.full(n, shard.shard_id, np.int64)),
+            "variant": pa.array([identities.variant] * n, pa.string()),
+            "identity_id": pa.array(columns["identity_id"], pa.string()),
+            "identity_index": pa.array(columns["identity_index"], pa.int64()),
+            "index": pa.array(columns["index"], pa.int32()),
+            "latent_seed": pa.array(columns["latent_seed"], pa.int64()),
+            "embedding_seed": pa.array(columns["embedding_seed"], pa.int64()),
+            "beta": pa.array(np.full(n, options.beta, np.float32)),
+            "noise_cosine": pa.array(np.asarray(columns["noise_cosine"], np.float32)),
+            **{name: pa.repeat(value, n) for name, value in _generator_columns(generator).items()},
+            **{name: pa.repeat(identities.space[name], n) for name in PROVENANCE_COLUMNS},
+        }
+    ).cast(INDEX_SCHEMA)
+    if counter is not None:
+        counter.images += n
+        counter.identities += len(shard.rows)
+        counter.shards += 1
+        counter.shard_seconds += time.perf_counter() - started
+    return data, table
+
+
+@dataclass
+class GenerationResult:
+    """The commit's outcome, what this run generated, and the partition's contact sheet (PNG bytes)."""
+
+    outcome: CommitOutcome
+    counter: GenerationCounter
+    generator: dict[str, Any]
+    contact_sheet: bytes | None = None
+    stage: dict[str, Any] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, Any]:
+        """Counts and rates for the asset's metadata (the manifest's facts plus this run's)."""
+        extra = self.outcome.manifest.extra
+        facts = {
+            "images": self.outcome.manifest.rows,
+            "identities": extra.get("identities"),
+            "images_per_identity": extra.get("images_per_identity"),
+            "shards": extra.get("shards"),
+            "shards_done_now": extra.get("shards_done_now", 0) if not self.outcome.reused else 0,
+            "shards_reused": extra.get("shards_reused", 0)
+            if not self.outcome.reused
+            else extra.get("shards"),
+            "partition_reused": self.outcome.reused,
+            "generator": extra.get("generator_description"),
+            "random_init": bool(extra.get("random_init")),
+            **self.counter.stats(),
+        }
+        if extra.get("warning"):
+            facts["warning"] = extra["warning"]
+        return facts
+
+
+def _verify_committed_tars(attempt: Attempt, shards: Mapping[int, IdentityShard]) -> list[int]:
+    """Drop the shard manifest of every committed shard whose tar is missing or truncated (redo it)."""
+    storage, prefix = attempt.artifact.storage, attempt.artifact.prefix
+    dropped = []
+    for shard_id in sorted(shards):
+        done = f"{prefix}/{OUT_DIR}/{shard_name(shard_id)}{DONE_SUFFIX}"
+        parquet = f"{prefix}/{OUT_DIR}/{shard_name(shard_id)}.parquet"
+        if not storage.exists(done):
+            continue
+        try:
+            whole = tar_is_whole(storage, prefix, index_tar_record(storage, parquet))
+        except (InputError, FileNotFoundError):
+            whole = False
+        if not whole:
+            storage.rm(done, recursive=False)
+            dropped.append(shard_id)
+    return dropped
+
+
+def commit_generated_images(
+    artifact: PartitionArtifact,
+    identities: ReferenceIdentities,
+    generator: Arc2FaceGenerator,
+    options: GenerationOptions,
+    *,
+    code_version: str,
+    owner: str,
+    run_config: Mapping[str, Any] | None = None,
+    force: bool = False,
+    lease_ttl_s: float = 900.0,
+    log: Callable[[str], None] | None = None,
+) -> GenerationResult:
+    """Generate every identity's images into ``artifact`` shard by shard, then commit manifest-last.
+
+    A partition committed with the same config and code version is reused as is (a no-op) unless
+    ``force``; otherwise committed shards with the same stage config and input are reused and only the rest
+    is generated. ``run_config`` adds the caller's facts to the partition config (e.g. the reference
+    partition's content hash). ``log`` is called after each shard is committed. Raises
+    :class:`~facelake.faces.identity.EmbeddingSpaceMismatchError` before anything runs when the variant's
+    identity space is not the generator's.
+    """
+    check_identity_space(identities.space, generator.identity_space)
+    shards = identities.shards(options.shard_identities)
+    stage_config = {"variant": identities.variant, **options.config(), "generator": generator.config()}
+    config = {
+        **stage_config,
+        "identities": len(identities),
+        "identities_fingerprint": identities.fingerprint(),
+        **dict(run_config or {}),
+    }
+    counter = GenerationCounter()
+    stage: dict[str, Any] = {}
+    contact: list[bytes] = []
+
+    def process(shard_id: int) -> pa.Table:
+        data, table = generate_shard(generator, identities, shards[shard_id], options, counter=counter)
+        relative = f"{OUT_DIR}/{tar_name(shard_id)}"
+        artifact.storage.write_bytes(artifact.uri(relative), data)
+        return with_tar_metadata(table, relative, data)
+
+    def write(attempt: Attempt) -> Written:
+        redone = _verify_committed_tars(attempt, shards)
+        if redone and log:
+            log(f"shards {redone}: committed tar missing or truncated, regenerating")
+        result: ShardStageResult = run_shard_stage(
+            attempt,
+            sorted(shards),
+            process,
+            OUT_DIR,
+            config=stage_config,
+            fingerprint=lambda i: shards[i].fingerprint,
+            log=log,
+        )
+        files = list(result.files) + _tar_entries(attempt, result)
+        uris = [artifact.uri(f"{OUT_DIR}/{tar_name(i)}") for i in sorted(shards)]
+        png = contact_sheet_from_tars(
+            artifact.storage,
+            uris,
+            identities=options.contact_sheet_identities,
+            per_identity=options.contact_sheet_images,
+            title=f"HyperFace {identities.variant}: {generator.describe()}",
+            warning=generator.warning,
+        )
+        sheet_uri = attempt.uri(CONTACT_SHEET_FILE)
+        artifact.storage.write_bytes(sheet_uri, png)
+        files.append(attempt.entry(sheet_uri))
+        contact.append(png)
+        stage.update(result.stats())
+        extra = {
+            **result.stats(),
+            "variant": identities.variant,
+            "identities": len(identities),
+            "images_per_identity": options.images_per_identity,
+            "beta": options.beta,
+            "generator": generator.provenance(),
+            "generator_description": generator.describe(),
+            "random_init": generator.random_init,
+            **counter.stats(),
+        }
+        if generator.warning:
+            extra["warning"] = generator.warning
+        return Written(files, rows=result.rows, extra=extra)
+
+    outcome = materialize_partition(
+        artifact,
+        config,
+        code_version,
+        owner,
+        write,
+        force=force,
+        lease_ttl_s=lease_ttl_s,
+        keep=(f"{OUT_DIR}/",),
+    )
+    sheet = contact[0] if contact else _committed_sheet(artifact)
+    return GenerationResult(outcome, counter, generator.provenance(), sheet, stage)
+
+
+def _tar_entries(attempt: Attempt, result: ShardStageResult) -> list[FileEntry]:
+    """The tar of every committed shard, as its index records it (checked present and whole)."""
+    storage, prefix = attempt.artifact.storage, attempt.artifact.prefix
+    entries = []
+    for entry in result.files:
+        if not entry.path.endswith(".parquet"):
+            continue
+        record = index_tar_record(storage, f"{prefix}/{entry.path}")
+        if not tar_is_whole(storage, prefix, record):
+            raise InputError(
+                f"{prefix}/{record.path}", "generated tar missing or truncated after its shard committed"
+            )
+        entries.append(record.entry())
+    return entries
+
+
+def _committed_sheet(artifact: PartitionArtifact) -> bytes | None:
+    manifest = artifact.manifest()
+    if manifest is None:
+        return None
+    for entry in manifest.files:
+        if entry.path.rsplit("/", 1)[-1] == CONTACT_SHEET_FILE:
+            return artifact.storage.read_bytes(artifact.uri(entry.path))
+    return None

@@ -16,12 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from facelake.faces.identity import (
-    EmbedderProfile,
-    EmbeddingSpaceMismatchError,
-    check_same_space,
-    space_label,
-)
+from facelake.faces.identity import EmbedderProfile, EmbeddingSpaceMismatchError, check_same_space
 from facelake.models.registry import file_sha256, read_sidecar
 
 ARCFACE_NAME = "arcface_onnx"
@@ -75,6 +70,16 @@ def check_identity_space(
     if name != generator_space.name or int(dimension or 0) != generator_space.dimension:
         raise _mismatch(variant, generator_space, "")
     return variant
+
+
+def space_label(space: EmbedderProfile | Mapping[str, Any]) -> str:
+    """``name (d-d, sha256 …, RANDOM TEST WEIGHTS)``: how errors name a space."""
+    values = space.provenance() if isinstance(space, EmbedderProfile) else dict(space)
+    random = ", RANDOM TEST WEIGHTS" if values.get("embedder_random_init") else ""
+    return (
+        f"{values.get('embedder_name')} ({values.get('embedder_dimension')}-d, "
+        f"sha256 {str(values.get('embedder_weights_sha256'))[:12]}{random})"
+    )
 
 
 def _mismatch(

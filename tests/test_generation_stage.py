@@ -16,16 +16,12 @@ from PIL import Image
 from facelake.faces.identity import EmbedderProfile, EmbeddingSpaceMismatchError, embedding_table
 from facelake.generation.contact_sheet import CONTACT_SHEET_FILE
 from facelake.generation.generator import RANDOM_WEIGHTS_WARNING, Arc2FaceGenerator, Sampling, load_generator
+from facelake.generation.identities import ReferenceIdentities
+from facelake.generation.requests import render, requests_for
 from facelake.generation.seeds import image_seeds
 from facelake.generation.settings import GenerationSettings
 from facelake.generation.shards import generated_image_shards, image_key, read_generated_index
-from facelake.generation.stage import (
-    GenerationOptions,
-    ReferenceIdentities,
-    commit_generated_images,
-    render,
-    requests_for,
-)
+from facelake.generation.stage import GenerationOptions, commit_generated_images
 from facelake.lake.commit import PartitionArtifact
 from facelake.lake.storage import Storage
 from facelake.lake.webdataset_reader import iter_shard_images
@@ -183,9 +179,8 @@ def test_an_image_from_the_shards_regenerates_alone(
 ) -> None:
     commit(local_storage, generator)
     identities = ReferenceIdentities.from_table(references())
-    [(_, _, images)] = list(
-        render(generator, identities, requests_for(identities, [3], [1]), OPTIONS.beta, 1)
-    )
+    [rendered] = list(render(generator, identities, requests_for(identities, [3], [1]), OPTIONS.beta, 1))
+    images = rendered.images
     stored = tar_members(local_storage, images_artifact(local_storage).uri("shards/00001.tar"))[
         "0000003-0001.jpg"
     ]

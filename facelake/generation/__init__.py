@@ -1,5 +1,8 @@
-"""HyperFace image generation with Arc2Face on diffusers: loading the released folders (``layout``), the
-identity conditioning (``conditioning``), the generator's identity space (``space``), per-image seeds and
-embedding noise (``seeds``), the generator (``generator``), webdataset shards (``shards``), the per-shard
-stage (``stage``), the contact sheet (``contact_sheet``) and its settings (``settings``). Never imports
-dagster."""
+"""HyperFace image generation with Arc2Face on diffusers, one module per role:
+
+``layout`` (the released folders, resolved through the model registry), ``conditioning`` (the "id" token
+hook), ``space`` (the generator's identity space), ``generator`` (loading and sampling), ``seeds`` (per-image
+seeds, embedding noise, latents), ``identities`` (the packed identities and their generation shards),
+``requests`` (per-image requests, batched rendering), ``shards`` (webdataset tars and their index),
+``stage`` (the resumable per-shard commit), ``contact_sheet`` and ``settings``. Never imports dagster.
+"""

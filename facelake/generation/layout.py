@@ -19,7 +19,6 @@ and how to provide them.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -210,11 +209,3 @@ def generator_available(registry: ModelRegistry, *, few_step: bool = False) -> s
     except ModelNotFoundError as error:
         return str(error)
     return None
-
-
-def local_folder(path: str | os.PathLike[str]) -> str:
-    """A folder path as diffusers/transformers take it (never a hub id: it must exist locally)."""
-    resolved = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(resolved):
-        raise InputError(resolved, "model folder does not exist")
-    return resolved

@@ -1,11 +1,10 @@
 """HyperFace's generation stage: n images per packed identity, committed per shard and resumable.
 
-Input: the reference embeddings of a variant, or of one of its identity shards (the table
-``facelake.hyperface.references.read_reference_embeddings`` returns: ``identity_id``, ``identity_index``,
-``embedding`` and the embedder provenance). Image ``i`` of identity ``x`` is generated from
-``x' = normalize(x + beta * n)`` and fresh latent noise, both drawn from seeds derived from
-(variant, identity_id, i, seed) (:mod:`facelake.generation.seeds`), so any image regenerates identically
-alone or in any batch; batches of ``batch_size`` span identities.
+Input: the :class:`~facelake.generation.identities.ReferenceIdentities` of a variant, or of one of its
+identity shards. Image ``i`` of identity ``x`` is generated from ``x' = normalize(x + beta * n)`` and fresh
+latent noise, both drawn from seeds derived from (variant, identity_id, i, seed)
+(:mod:`facelake.generation.requests`), so any image regenerates identically alone or in any batch; batches of
+``batch_size`` span identities.
 
 Output, inside one partition (``materialize_partition``, manifest last, ``keep=("shards/",)``): generation
 shards of ``shard_identities`` consecutive identities (shard id ``identity_index // shard_identities``, so ids
@@ -21,20 +20,19 @@ another space (dlib's 128-d) is refused naming both (:func:`facelake.generation.
 
 from __future__ import annotations
 
-import hashlib
-import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from facelake.faces.identity import PROVENANCE_COLUMNS, table_embeddings, table_space
+from facelake.faces.identity import PROVENANCE_COLUMNS
 from facelake.generation.contact_sheet import CONTACT_SHEET_FILE, contact_sheet_from_tars
 from facelake.generation.generator import Arc2FaceGenerator
-from facelake.generation.seeds import image_seeds, perturbed_embeddings
+from facelake.generation.identities import IdentityShard, ReferenceIdentities
+from facelake.generation.requests import plan_requests, render
 from facelake.generation.shards import (
     INDEX_SCHEMA,
     OUT_DIR,
@@ -57,10 +55,7 @@ from facelake.lake.commit import (
     materialize_partition,
 )
 from facelake.lake.errors import InputError
-from facelake.lake.hashing import combine_hashes
 from facelake.lake.shard_stage import DONE_SUFFIX, ShardStageResult, run_shard_stage, shard_name
-
-_ID_INDEX = re.compile(r"(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -93,174 +88,6 @@ class GenerationOptions:
         """The options that decide the images and the shard layout."""
         keys = ("images_per_identity", "beta", "seed", "shard_identities", "jpeg_quality")
         return {key: asdict(self)[key] for key in keys}
-
-
-@dataclass(frozen=True)
-class IdentityShard:
-    """One generation shard: rows of a :class:`ReferenceIdentities`, and a fingerprint of their input."""
-
-    shard_id: int
-    rows: np.ndarray
-    fingerprint: str
-
-
-@dataclass(frozen=True, eq=False)
-class ReferenceIdentities:
-    """Unit identity vectors of one variant, with their ids and embedding space (one space only)."""
-
-    variant: str
-    identity_ids: tuple[str, ...]
-    identity_index: np.ndarray  # int64 [N]
-    embeddings: np.ndarray  # float32 [N, d], unit rows
-    space: dict[str, Any]
-
-    def __len__(self) -> int:
-        return len(self.identity_ids)
-
-    @classmethod
-    def from_table(
-        cls, table: pa.Table, variant: str | None = None, name: str = "reference embeddings"
-    ) -> ReferenceIdentities:
-        """From a reference-embeddings table (``identity_id``, ``embedding``, provenance; ``identity_index``
-        and ``variant`` used when present). Rows are sorted by identity index."""
-        missing = [
-            c for c in ("identity_id", "embedding", *PROVENANCE_COLUMNS) if c not in table.column_names
-        ]
-        if missing:
-            raise InputError(name, f"reference embeddings lack columns {missing}")
-        if not table.num_rows:
-            raise InputError(name, "no reference identities to generate")
-        space = table_space(table)
-        ids = [str(v) for v in table["identity_id"].to_pylist()]
-        if "identity_index" in table.column_names:
-            index = np.asarray(table["identity_index"].to_pylist(), np.int64)
-        else:
-            index = np.asarray([_index_of(i, name) for i in ids], np.int64)
-        if "variant" in table.column_names:
-            variants = set(table["variant"].to_pylist())
-            if len(variants) != 1 or (variant is not None and variants != {variant}):
-                raise InputError(name, f"rows of variants {sorted(map(str, variants))}, expected {variant!r}")
-            variant = variant or str(variants.pop())
-        if variant is None:
-            raise InputError(name, "no variant column: pass the variant name")
-        if len(set(ids)) != len(ids) or len(set(index.tolist())) != len(index):
-            raise InputError(name, "identity ids and indices must be unique")
-        vectors = table_embeddings(table)
-        norms = np.linalg.norm(vectors, axis=1)
-        if not np.all(np.isfinite(norms)) or np.any(np.abs(norms - 1.0) > 1e-3):
-            raise InputError(name, "reference embeddings must be unit vectors")
-        order = np.argsort(index, kind="stable")
-        return cls(
-            variant,
-            tuple(ids[i] for i in order),
-            index[order],
-            np.ascontiguousarray(vectors[order], np.float32),
-            space,
-        )
-
-    def shards(self, shard_identities: int) -> dict[int, IdentityShard]:
-        """Generation shards: identity index // ``shard_identities`` -> rows, with input fingerprints."""
-        shard_of = self.identity_index // int(shard_identities)
-        shards = {}
-        for shard_id in np.unique(shard_of).tolist():
-            rows = np.flatnonzero(shard_of == shard_id)
-            shards[int(shard_id)] = IdentityShard(int(shard_id), rows, self.fingerprint(rows))
-        return shards
-
-    def fingerprint(self, rows: np.ndarray | None = None) -> str:
-        """sha256 over the variant, the ids, indices and exact embedding bytes of ``rows`` (default all)."""
-        rows = np.arange(len(self)) if rows is None else rows
-        digest = hashlib.sha256(np.ascontiguousarray(self.embeddings[rows]).tobytes()).hexdigest()
-        parts = [
-            self.variant,
-            *(self.identity_ids[r] for r in rows.tolist()),
-            self.identity_index[rows].tobytes().hex(),
-        ]
-        return combine_hashes([*parts, digest])
-
-
-def _index_of(identity_id: str, name: str) -> int:
-    match = _ID_INDEX.search(identity_id)
-    if not match:
-        raise InputError(name, f"identity id {identity_id!r} ends in no index and there is no identity_index")
-    return int(match.group(1))
-
-
-@dataclass(frozen=True)
-class ImageRequests:
-    """Images to generate: per image, its identity row, index, and the two seeds derived from its name."""
-
-    rows: np.ndarray  # int64, rows of the ReferenceIdentities
-    index: np.ndarray  # int32, image index within its identity
-    latent_seeds: np.ndarray  # int64
-    embedding_seeds: np.ndarray  # int64
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def take(self, positions: np.ndarray | slice) -> ImageRequests:
-        return ImageRequests(
-            self.rows[positions],
-            self.index[positions],
-            self.latent_seeds[positions],
-            self.embedding_seeds[positions],
-        )
-
-
-def plan_requests(
-    identities: ReferenceIdentities, rows: np.ndarray, images_per_identity: int, seed: int = 0
-) -> ImageRequests:
-    """Images ``0..n-1`` of every identity in ``rows``, identity-major (the order within a shard)."""
-    rows = np.repeat(np.asarray(rows, np.int64), images_per_identity)
-    index = np.tile(np.arange(images_per_identity, dtype=np.int32), len(rows) // max(images_per_identity, 1))
-    return requests_for(identities, rows, index, seed)
-
-
-def requests_for(
-    identities: ReferenceIdentities, rows: np.ndarray, index: np.ndarray, seed: int = 0
-) -> ImageRequests:
-    """Requests for arbitrary (identity row, image index) pairs: e.g. one image to regenerate alone."""
-    rows, index = np.asarray(rows, np.int64), np.asarray(index, np.int32)
-    seeds = [
-        image_seeds(identities.variant, identities.identity_ids[r], int(i), seed)
-        for r, i in zip(rows.tolist(), index.tolist(), strict=True)
-    ]
-    return ImageRequests(
-        rows,
-        index,
-        np.asarray([s.latent for s in seeds], np.int64),
-        np.asarray([s.embedding for s in seeds], np.int64),
-    )
-
-
-def conditioning_vectors(identities: ReferenceIdentities, requests: ImageRequests, beta: float) -> np.ndarray:
-    """Each image's identity vector ``normalize(x + beta * n)``, float32 ``[len(requests), d]``."""
-    return perturbed_embeddings(identities.embeddings[requests.rows], beta, requests.embedding_seeds.tolist())
-
-
-def render(
-    generator: Arc2FaceGenerator,
-    identities: ReferenceIdentities,
-    requests: ImageRequests,
-    beta: float,
-    batch_size: int,
-    *,
-    output: Literal["uint8", "float"] = "uint8",
-    counter: GenerationCounter | None = None,
-) -> Iterator[tuple[ImageRequests, np.ndarray, np.ndarray]]:
-    """Generate ``requests`` in batches of ``batch_size`` (spanning identities): yields each batch's
-    requests, conditioning vectors and images."""
-    vectors = conditioning_vectors(identities, requests, beta)
-    for start in range(0, len(requests), batch_size):
-        batch = requests.take(slice(start, start + batch_size))
-        started = time.perf_counter()
-        images = generator.generate(
-            vectors[start : start + batch_size], batch.latent_seeds.tolist(), output=output
-        )  # type: ignore[arg-type]
-        if counter is not None:
-            counter.generate_seconds += time.perf_counter() - started
-            counter.batches += 1
-        yield batch, vectors[start : start + batch_size], images
 
 
 @dataclass
@@ -331,9 +158,11 @@ def generate_shard(
     }
     columns["noise_cosine"] = []
     reference = identities.embeddings
-    for batch, vectors, images in render(
-        generator, identities, requests, options.beta, options.batch_size, counter=counter
-    ):
+    for rendered in render(generator, identities, requests, options.beta, options.batch_size):
+        batch, vectors, images = rendered.requests, rendered.vectors, rendered.images
+        if counter is not None:
+            counter.generate_seconds += rendered.seconds
+            counter.batches += 1
         cosines = np.einsum("ij,ij->i", reference[batch.rows].astype(np.float64), vectors.astype(np.float64))
         for row, index, latent, embedding, image, cosine in zip(
             batch.rows.tolist(),

@@ -22,7 +22,7 @@ DEFAULT_INTERVAL_S = 30.0
 
 def format_duration(seconds: float) -> str:
     """``3h02m``, ``9m57s``, ``42s``: short and readable."""
-    seconds = max(0, int(round(seconds)))
+    seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     if hours:

@@ -153,29 +153,32 @@ def screening_margin(backend: GramBackend, dim: int) -> float:
     to spare, plus a 1e-12 slack for the rounding of ``1 − eps`` itself.
     """
     to_float32 = 1.1 * (2 * _U32 + _U32**2)
-    return backend.error_bound(dim) + to_float32 + _float64_bound(dim) + _SLACK
+    return backend.error_bound(dim) + to_float32 + float64_bound(dim) + _SLACK
 
 
-def _float64_bound(dim: int) -> float:
+def float64_bound(dim: int) -> float:
+    """Bound on float64's own rounding error of a dot product of two unit vectors of dimension ``dim``."""
     gamma = dim * _U64 / (1.0 - dim * _U64)
     return 1.1 * gamma + 4 * _U64
 
 
-def _float32_at_most(value: float) -> float:
+def float32_at_most(value: float) -> float:
+    """The largest float32 that is ``<= value`` (a screening threshold that never drops a candidate)."""
     single = np.float32(value)
     if float(single) > value:
         single = np.nextafter(single, np.float32(-np.inf))
     return float(single)
 
 
-def _float32_at_least(value: float) -> float:
+def float32_at_least(value: float) -> float:
+    """The smallest float32 that is ``>= value`` (a "surely above" threshold that never admits a doubtful pair)."""
     single = np.float32(value)
     if float(single) < value:
         single = np.nextafter(single, np.float32(np.inf))
     return float(single)
 
 
-class _UnionFind:
+class UnionFind:
     """Union-find over point indices with vectorised finds and batch unions; a root is its tree's minimum."""
 
     def __init__(self, n: int) -> None:
@@ -228,7 +231,7 @@ class _EpsGraph:
     def __init__(self, n: int, min_samples: int) -> None:
         self.min_samples = min_samples
         self.counts = np.ones(n, dtype=np.int64)
-        self.sets = _UnionFind(n)
+        self.sets = UnionFind(n)
         self.pending_rows: list[np.ndarray] = []
         self.pending_cols: list[np.ndarray] = []
         self.pending = 0
@@ -334,8 +337,8 @@ def dbscan_cosine(
     prepare_seconds = time.perf_counter() - started
     margin = screening_margin(backend, dim)
     threshold = 1.0 - eps
-    low, high = _float32_at_most(threshold - margin), _float32_at_least(threshold + margin)
-    knife = _float64_bound(dim)
+    low, high = float32_at_most(threshold - margin), float32_at_least(threshold + margin)
+    knife = float64_bound(dim)
 
     graph = _EpsGraph(n, min_samples)
     band_pairs = knife_edge = 0
@@ -354,8 +357,8 @@ def dbscan_cosine(
             if sync:
                 torch.cuda.synchronize()
             t1 = time.perf_counter()
-            with _serial_on_cpu(backend.device):
-                rows, cols, sure = _candidates(gram, low, high, diagonal=i0 == j0)
+            with serial_on_cpu(backend.device):
+                rows, cols, sure = threshold_candidates(gram, low, high, diagonal=i0 == j0)
             rows += i0
             cols += j0
             t2 = time.perf_counter()
@@ -404,7 +407,7 @@ def dbscan_cosine(
 
 
 @contextlib.contextmanager
-def _serial_on_cpu(device: str) -> Iterator[None]:
+def serial_on_cpu(device: str) -> Iterator[None]:
     """One torch thread for the block's small follow-up ops on the CPU: with two or more, each op waits at
     an OpenMP barrier, and on a busy machine a descheduled thread turns 1 ms of work into tens of ms."""
     if device != "cpu":
@@ -418,7 +421,7 @@ def _serial_on_cpu(device: str) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def _candidates(
+def threshold_candidates(
     gram: torch.Tensor, low: float, high: float, *, diagonal: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Local ``(row, col)`` of the block's pairs with ``gram >= low`` (``row < col`` on a diagonal block), and

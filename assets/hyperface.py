@@ -10,8 +10,6 @@ manifest-last with the metrics, a convergence plot and a blocking check on the m
 
 # No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
 
-import time
-
 import torch
 from dagster import (
     AssetCheckResult,
@@ -55,7 +53,6 @@ GROUP = "hyperface"
 GALLERY = "hyperface_gallery"
 REFERENCE = "hyperface_reference_embeddings"
 MIN_ANGLE_CHECK = "min_angle_reaches_bound"
-PROGRESS_LOG_INTERVAL_S = 15.0
 
 
 def hyperface_variants(settings: FacelakeSettings) -> StaticPartitionsDefinition:
@@ -163,7 +160,7 @@ def reference_embeddings_asset(settings: FacelakeSettings) -> AssetsDefinition:
             owner=owner(context),
             force=config.force,
             lease_ttl_s=hyperface.lease_ttl_s,
-            progress=_progress_logger(context),
+            progress=context.log.info,
         )
         artifact = reference_artifact(lake, name)
         metadata = _reference_metadata(outcome.manifest)
@@ -203,20 +200,6 @@ def _min_angle_check(manifest: Manifest, bound: float) -> AssetCheckResult:
             "initial_min_angle_deg": float(metrics.get("initial_min_angle_deg", float("nan"))),
         },
     )
-
-
-def _progress_logger(context: AssetExecutionContext):
-    """A packer progress callback that logs at most every PROGRESS_LOG_INTERVAL_S seconds."""
-    last = [0.0]
-
-    def log(record: dict) -> None:
-        now = time.monotonic()
-        if now - last[0] >= PROGRESS_LOG_INTERVAL_S:
-            last[0] = now
-            shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in record.items()}
-            context.log.info(f"packing: {shown}")
-
-    return log
 
 
 def _limit_cpu_threads(settings: FacelakeSettings) -> None:

@@ -187,6 +187,7 @@ class LocalRun:
     shards_uri: str
     seconds: float
     requested: list[str]
+    progress: list[str]
 
 
 @pytest.fixture(scope="module")
@@ -194,9 +195,9 @@ def local_run(tmp_path_factory, server, part):
     storage = Storage(str(tmp_path_factory.mktemp("laion")))
     input_uri = write_input(storage, part)
     shards_uri = storage.uri("laion_face_images", "00000", "shards")
-    since = time.time()
-    run = run_img2dataset(storage, input_uri, shards_uri, OPTIONS)
-    return LocalRun(storage, input_uri, shards_uri, run.seconds, server.requested_paths(since))
+    since, lines = time.time(), []
+    run = run_img2dataset(storage, input_uri, shards_uri, OPTIONS, progress=lines.append)
+    return LocalRun(storage, input_uri, shards_uri, run.seconds, server.requested_paths(since), lines)
 
 
 def free_port() -> int:
@@ -298,11 +299,25 @@ def test_failed_samples_are_valid_retry_inputs(local_run, part):
     assert set(transient["SAMPLE_ID"].to_pylist()) == part.ids("slow")
 
 
+def test_progress_counts_finished_shards_to_the_total(local_run):
+    shards = len(committed_shards(local_run.storage, local_run.shards_uri))
+    assert shards > 1
+    assert local_run.progress[-1].startswith(
+        f"download laion_face_images/00000: {shards}/{shards} shards (100.0%), "
+    )
+    assert all(" shards/s" in line for line in local_run.progress)
+
+
 def test_rerunning_a_complete_part_requests_nothing(local_run, server):
     before = [(s.shard_id, s.stats_uri) for s in committed_shards(local_run.storage, local_run.shards_uri)]
-    since = time.time()
-    run_img2dataset(local_run.storage, local_run.input_uri, local_run.shards_uri, OPTIONS)
+    since, lines = time.time(), []
+    run_img2dataset(
+        local_run.storage, local_run.input_uri, local_run.shards_uri, OPTIONS, progress=lines.append
+    )
     assert server.requested_paths(since) == []
+    assert lines == [lines[0]] and lines[0].startswith(
+        f"download laion_face_images/00000: {len(before)}/{len(before)} shards"
+    )
     assert [
         (s.shard_id, s.stats_uri) for s in committed_shards(local_run.storage, local_run.shards_uri)
     ] == before

@@ -111,9 +111,15 @@ def test_circle_goes_to_the_regular_polygon(n: int) -> None:
         lr_decay_every=200,
         screen="torch-float32",
     )
-    result = pack(config, start)  # init="gallery" with N = M: the start, permuted; α = 0 ignores it after
+    lines: list[str] = []
+    # init="gallery" with N = M: the start, permuted; α = 0 ignores it after
+    result = pack(config, start, report=lines.append)
     assert result.initial_metrics["min_angle_deg"] < 360 / n - 5
     assert result.metrics["min_angle_deg"] == pytest.approx(360 / n, abs=0.1)
+    # progress every 5 % (50 steps) or 30 s: at least the 20 fraction steps, the last one complete
+    assert len(lines) >= 20 and lines[0].startswith(f"packing {n} identities: 50/1,000 steps (5.0%)")
+    assert lines[-1].startswith(f"packing {n} identities: 1,000/1,000 steps (100.0%)")
+    assert "min angle" in lines[-1]
 
 
 @pytest.mark.parametrize(("n", "d"), [(8, 4), (16, 8), (5, 8)])

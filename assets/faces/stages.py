@@ -23,9 +23,10 @@ from assets.materializing import CommitConfig, Step, code_version, lake_asset, m
 from assets.pools import CPU_TAGS, ArtifactFor, gpu_asset
 from facelake.faces.detection_compare import compare_detections
 from facelake.faces.stages import StageCounter, detect_shard, embed_shard
+from facelake.lake.progress import Progress
 from facelake.lake.shard_stage import commit_shard_stage, read_stage_table
 from facelake.lake.tables import read_parquet
-from facelake.lake.webdataset_reader import part_image_shards
+from facelake.lake.webdataset_reader import ImageShard, part_image_shards
 from facelake.models.registry import detector_model
 from resources import StorageResource
 
@@ -47,6 +48,12 @@ def stage_metadata(counter: StageCounter, extra: dict) -> dict:
         "faces_per_image_histogram": counter.histogram(),
         **extra,
     }
+
+
+def _counter(step: Step, label: str, shards: dict[int, ImageShard]) -> StageCounter:
+    """A stage counter whose progress (every 5 % or 30 s, in the run log) runs over all shards' images."""
+    total = sum(len(shard.sample_ids) for shard in shards.values())
+    return StageCounter(progress=Progress(label, total, step.context.log.info, unit="images"))
 
 
 def _face_stage(
@@ -95,7 +102,7 @@ def detected_faces_asset(
         detector = models.detector()
         weights = models.describe(detector_model(models.detector_backbone))
         stage_config = {**detector.config(), "weights_sha256": weights["sha256"]}
-        counter = StageCounter()
+        counter = _counter(step, f"{name}[{part}]", shards)
         step.context.log.info(
             f"{detector.name} on {detector.device} over {len(shards)} shard(s) of {images}[{part}]"
         )
@@ -112,7 +119,9 @@ def detected_faces_asset(
             force=config.force,
             extra={"detector": stage_config},
             log=step.context.log.info,
+            on_reused=lambda i: counter.progress.advance(len(shards[i].sample_ids)),
         )
+        counter.progress.finish()
         extra = outcome.manifest.extra
         metadata = stage_metadata(
             counter, {"detector": detector.name, "device": str(detector.device), **_ints(extra)}
@@ -196,7 +205,7 @@ def face_embeddings_asset(
         profile = embedder.profile
         step.context.log.info(f"embedder: {profile.describe()}")
         stage_config = {**profile.provenance(), "faces": faces_manifest.content_hash}
-        counter = StageCounter()
+        counter = _counter(step, f"{name}[{part}]", shards)
         outcome = commit_shard_stage(
             out_artifact(lake, part),
             stage_config,
@@ -208,7 +217,9 @@ def face_embeddings_asset(
             force=config.force,
             extra={"embedder": profile.provenance()},
             log=step.context.log.info,
+            on_reused=lambda i: counter.progress.advance(len(shards[i].sample_ids)),
         )
+        counter.progress.finish()
         metadata = stage_metadata(
             counter,
             {

@@ -8,6 +8,7 @@ plus the detector's name and threshold; embedding rows carry the embedder's prov
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 from facelake.faces.detection import FaceDetector, flatten_detections
 from facelake.faces.detection_table import DETECTIONS_SCHEMA, detection_arrays, detections_table
 from facelake.faces.identity import IdentityEmbedder, embedding_table
+from facelake.lake.progress import Progress
 from facelake.lake.storage import Storage
 from facelake.lake.webdataset_reader import ImageShard, iter_shard_images
 
@@ -33,6 +35,17 @@ class StageCounter:
     skipped: int = 0
     seconds: float = 0.0
     faces_per_image: list[int] = field(default_factory=list)
+    progress: Progress | None = None
+    """Advanced by every batch's images (and skipped ones), when given."""
+
+    def add(self, images: int, skipped: int, faces_per_image: Iterable[int], seconds: float) -> None:
+        """Count one batch: ``images`` decoded, ``skipped`` corrupt, faces per decoded image, model seconds."""
+        self.seconds += seconds
+        self.images += images
+        self.skipped += skipped
+        self.faces_per_image.extend(int(c) for c in faces_per_image)
+        if self.progress is not None:
+            self.progress.advance(images + skipped)
 
     def histogram(self) -> dict[str, int]:
         values, counts = np.unique(np.asarray(self.faces_per_image, dtype=np.int64), return_counts=True)
@@ -61,10 +74,7 @@ def detect_shard(
         table = table.append_column("detector", pa.array([detector.name] * n, pa.string()))
         tables.append(table.append_column("threshold", pa.array([threshold.as_py()] * n, pa.float32())))
         if counter is not None:
-            counter.seconds += time.perf_counter() - started
-            counter.images += len(batch)
-            counter.skipped += len(batch.skipped)
-            counter.faces_per_image.extend(int(c) for c in flat.counts)
+            counter.add(len(batch), len(batch.skipped), flat.counts, time.perf_counter() - started)
     return pa.concat_tables(tables)
 
 
@@ -105,9 +115,8 @@ def embed_shard(
                 embedding_table(vectors, embedder.profile, _ids(face_ids[idx], keys, face_index[idx]))
             )
         if counter is not None:
-            counter.seconds += time.perf_counter() - started
-            counter.images += len(batch)
-            counter.faces_per_image.extend(len(rows_of.get(sid, ())) for sid in batch.sample_ids.tolist())
+            faces_per_image = [len(rows_of.get(sid, ())) for sid in batch.sample_ids.tolist()]
+            counter.add(len(batch), len(batch.skipped), faces_per_image, time.perf_counter() - started)
     return pa.concat_tables(tables)
 
 

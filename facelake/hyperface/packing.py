@@ -33,6 +33,7 @@ from facelake.hyperface.packing_fast import FastRun
 from facelake.hyperface.packing_metrics import packing_metrics
 from facelake.hyperface.packing_objective import normalise
 from facelake.hyperface.packing_run import PackingRun, check_inputs, initial_points
+from facelake.lake.progress import Progress, Report
 
 __all__ = [
     "Checkpointer",
@@ -54,6 +55,7 @@ def pack(
     dim: int | None = None,
     checkpointer: Checkpointer | None = None,
     progress: Callable[[dict], None] | None = None,
+    report: Report | None = None,
 ) -> PackingResult:
     """Pack ``config.identities`` unit vectors (see the module docstring); resume from ``checkpointer``.
 
@@ -64,7 +66,8 @@ def pack(
     ``mean_nn_cosine`` (both exact over all N points). Full batch: every ``log_every`` steps, the values of
     the points before that step's update, plus the final points; ``loss`` is the exact objective.
     Stochastic: at every ``log_every``-th epoch end and the last; ``loss`` is the mean batch objective over
-    the epoch (an exact pass over all points costs one blocked N×N search per entry).
+    the epoch (an exact pass over all points costs one blocked N×N search per entry). ``report`` gets a
+    progress line (steps done/total, rate, ETA, the last logged minimum angle) at least every 5 % or 30 s.
     """
     gallery_unit, dim = check_inputs(config, gallery, dim)
     if config.optimizer == "fast":
@@ -85,9 +88,14 @@ def pack(
     started = time.perf_counter() - run.seconds
     per_iteration = config.steps_per_iteration()
 
+    steps = Progress(f"packing {config.identities:,} identities", run.total_steps, report, unit="steps")
+    steps.advance(run.step)  # resumed runs start where their checkpoint was
+
     def log(entry: dict[str, float]) -> None:
         record = {"step": run.step, "seconds": time.perf_counter() - started, **entry}
         run.history.append(record)
+        if "min_angle_deg" in record:
+            steps.note = f"min angle {record['min_angle_deg']:.3f} deg, loss {record['loss']:.5f}"
         if progress is not None:
             progress(record)
 
@@ -99,6 +107,7 @@ def pack(
         else:
             run.stochastic_step()
         run.step += 1
+        steps.advance()
         if config.algorithm == "stochastic" and run.step % per_iteration == 0:
             epoch = run.step // per_iteration
             if epoch % config.log_every == 0 or run.step == run.total_steps:
@@ -121,6 +130,7 @@ def pack(
         )
     if checkpointer is not None and config.checkpoint_every and run.step % config.checkpoint_every:
         checkpointer.save(run.state(initial))
+    steps.finish()
     stats = {"steps": run.step, "seconds": run.seconds, "block": run.block, "screen_switches": run.switches}
     return PackingResult(
         points=points,

@@ -51,6 +51,7 @@ from facelake.lake.commit import (
 from facelake.lake.errors import FacelakeError, InputError
 from facelake.lake.hashing import config_hash
 from facelake.lake.plots import figure_png
+from facelake.lake.progress import Report
 from facelake.lake.shard_stage import read_stage_table
 from facelake.lake.storage import Storage
 from facelake.lake.tables import read_input_parquet
@@ -481,7 +482,7 @@ def commit_reference_embeddings(
     owner: str,
     force: bool = False,
     lease_ttl_s: float = 900.0,
-    progress: Callable[[dict], None] | None = None,
+    progress: Report | None = None,
     checkpointer_factory: Callable[[Storage, str], Any] | None = None,
 ) -> tuple[CommitOutcome, PackRun | None]:
     """Pack variant ``name`` against the committed gallery and commit its identity shards manifest-last.
@@ -491,6 +492,7 @@ def commit_reference_embeddings(
     :func:`checkpoint_uri` (outside the partition) and a rerun after a crash resumes from there; the
     checkpoints are deleted after the commit. ``checkpointer_factory`` (default
     :class:`facelake.hyperface.packing.StorageCheckpointer`) is called with the storage and the checkpoint URI.
+    ``progress`` gets the packer's progress lines.
     """
     gallery_manifest = gallery_artifact(storage).require_manifest()
     dimension, rows = int(gallery_manifest.extra["dimension"]), int(gallery_manifest.rows or 0)
@@ -507,7 +509,7 @@ def commit_reference_embeddings(
         factory = checkpointer_factory or StorageCheckpointer
         checkpointer = RecordingCheckpointer(factory(storage, ckpt_uri))
         started = time.perf_counter()
-        result = pack(packer_config, gallery.vectors, checkpointer=checkpointer, progress=progress)
+        result = pack(packer_config, gallery.vectors, checkpointer=checkpointer, report=progress)
         seconds = time.perf_counter() - started
         run = PackRun(result, seconds, checkpointer.resumed, checkpointer.resumed_step, checkpointer.saves)
         run.summary = metrics_summary(result)

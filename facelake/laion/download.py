@@ -41,6 +41,7 @@ from facelake.laion.download_accounting import (
     summarize,
 )
 from facelake.laion.download_options import SAMPLE_ID, DownloadOptions
+from facelake.laion.download_progress import ShardWatcher, expected_shards
 from facelake.laion.download_runner import PARENT_PID_ENV
 from facelake.laion.download_shards import (
     TMP_FOLDER,
@@ -51,6 +52,7 @@ from facelake.laion.download_shards import (
     committed_shards,
 )
 from facelake.lake.errors import FacelakeError, InputError
+from facelake.lake.progress import Report
 from facelake.lake.storage import Storage
 
 __all__ = [
@@ -140,13 +142,15 @@ def run_img2dataset(
     options: DownloadOptions,
     mode: Mode = "incremental",
     on_output: Callable[[str], None] | None = None,
+    progress: Report | None = None,
 ) -> DownloadRun:
     """Download the URLs of a laion-schema parquet into webdataset shards with img2dataset.
 
     ``mode="incremental"`` skips shards whose ``_stats.json`` exists (a rerun finishes a part);
     ``mode="extend"`` numbers new shards after the highest existing one (retries of failed samples).
     The shards folder must hold img2dataset's files only. Lines img2dataset prints go to ``on_output``
-    (default: this module's logger at DEBUG). Raises :class:`DownloadError` if img2dataset exits non-zero.
+    (default: this module's logger at DEBUG); ``progress`` gets finished shards, rate and ETA at least every
+    5 % or 30 s. Raises :class:`DownloadError` if img2dataset exits non-zero.
     """
     if mode not in ("incremental", "extend"):
         raise ValueError(f"mode must be 'incremental' or 'extend', got {mode!r}")
@@ -160,6 +164,8 @@ def run_img2dataset(
     }
     emit = on_output or (lambda line: log.debug("img2dataset: %s", line))
     tail: deque[str] = deque(maxlen=40)
+    new_shards = expected_shards(storage, input_parquet_uri, options.number_sample_per_shard)
+    watcher = ShardWatcher(storage, shards_folder_uri, new_shards, progress, extend=mode == "extend")
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "-m", "facelake.laion.download_runner"],
@@ -174,11 +180,12 @@ def run_img2dataset(
         assert process.stdin is not None and process.stdout is not None
         process.stdin.write(json.dumps(kwargs))
         process.stdin.close()
-        for line in process.stdout:
-            line = line.rstrip()
-            tail.append(line)
-            emit(line)
-        returncode = process.wait()
+        with watcher:
+            for line in process.stdout:
+                line = line.rstrip()
+                tail.append(line)
+                emit(line)
+            returncode = process.wait()
     except BaseException:
         _stop(process)
         raise
@@ -206,6 +213,7 @@ def retry_failed_samples(
     include_permanent: bool = False,
     on_output: Callable[[str], None] | None = None,
     exclude_ids: pa.Array | None = None,
+    progress: Report | None = None,
 ) -> int:
     """Re-request only the samples whose final status is a failure, into new shards ("extend" mode).
 
@@ -223,5 +231,13 @@ def retry_failed_samples(
     if failed.num_rows == 0:
         return 0
     write_download_input(storage, failed, retry_input_uri)
-    run_img2dataset(storage, retry_input_uri, shards_folder, options, mode="extend", on_output=on_output)
+    run_img2dataset(
+        storage,
+        retry_input_uri,
+        shards_folder,
+        options,
+        mode="extend",
+        on_output=on_output,
+        progress=progress,
+    )
     return failed.num_rows

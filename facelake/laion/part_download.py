@@ -111,12 +111,12 @@ def download_part(
     removed = clean_uncommitted_shards(storage, shards_uri)
     if removed and log:
         log(f"removed {len(removed)} file(s) of shards a previous attempt left uncommitted")
-    seconds = run_img2dataset(storage, input_uri, shards_uri, options, on_output=log).seconds
+    seconds = run_img2dataset(storage, input_uri, shards_uri, options, on_output=log, progress=log).seconds
     retried = 0
     if retry_failed:
         retry_uri = f"{prefix}/input/retry-{attempt.id}.parquet"
         retried = retry_failed_samples(
-            storage, shards_uri, retry_uri, options, on_output=log, exclude_ids=blocked_ids
+            storage, shards_uri, retry_uri, options, on_output=log, exclude_ids=blocked_ids, progress=log
         )
     shards = committed_shards(storage, shards_uri)
     input_ids = input_table[SAMPLE_ID]

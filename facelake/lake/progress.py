@@ -51,6 +51,8 @@ class Progress:
         self.label, self.total, self.unit = label, total, unit
         self.report, self.fraction, self.interval_s, self.clock = report, fraction, interval_s, clock
         self.done = 0
+        self.note: str | None = None
+        """Appended to each line when set (e.g. the current loss)."""
         self.started = clock()
         self._last_time = self.started
         self._last_done = 0
@@ -68,8 +70,10 @@ class Progress:
             share = f"{self.done:,}/{self.total:,} {self.unit} ({100.0 * self.done / self.total:.1f}%)"
             left = max(self.total - self.done, 0)
             eta = format_duration(left / rate) if rate > 0 else "unknown"
-            return f"{self.label}: {share}, {rate:,.1f} {self.unit}/s, ETA {eta}"
-        return f"{self.label}: {self.done:,} {self.unit}, {rate:,.1f} {self.unit}/s"
+            line = f"{self.label}: {share}, {rate:,.1f} {self.unit}/s, ETA {eta}"
+        else:
+            line = f"{self.label}: {self.done:,} {self.unit}, {rate:,.1f} {self.unit}/s"
+        return f"{line}; {self.note}" if self.note else line
 
     def _emit(self) -> None:
         line = self.message()

@@ -106,6 +106,7 @@ def run_shard_stage(
     fingerprint: Callable[[int], str] | None = None,
     redo: bool = False,
     log: Callable[[str], None] | None = None,
+    on_reused: Callable[[int], None] | None = None,
 ) -> ShardStageResult:
     """Run ``process(shard_id)`` for every shard not yet committed with this config, code and input.
 
@@ -114,6 +115,7 @@ def run_shard_stage(
     Pass the stage's own settings as ``config`` and a fingerprint so that an upstream change (a grown
     blocklist) redoes only the shards whose input changed. ``redo`` ignores committed shards. Returns the
     parquet and ``.done.json`` entries of every requested shard, in shard order, for the partition manifest.
+    ``on_reused(shard_id)`` is called for each committed shard that is reused (e.g. to advance progress).
     """
     started = time.perf_counter()
     ids = [int(i) for i in shard_ids]
@@ -141,6 +143,8 @@ def run_shard_stage(
         if record is not None and _is_current(storage, record, expected, parquet_uri):
             reused.append(shard_id)
             done_bytes = storage.read_bytes(done_uri)
+            if on_reused:
+                on_reused(shard_id)
         else:
             for uri in present.values():
                 storage.rm(uri, recursive=False)
@@ -243,10 +247,12 @@ def commit_shard_stage(
     force: bool = False,
     extra: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    on_reused: Callable[[int], None] | None = None,
 ) -> CommitOutcome:
     """Run ``process`` per input shard (committed shards are reused) and commit the partition manifest-last.
 
-    ``shards`` maps shard id to an input shard with a ``fingerprint`` (e.g. a webdataset ``ImageShard``).
+    ``shards`` maps shard id to an input shard with a ``fingerprint`` (e.g. a webdataset ``ImageShard``);
+    ``log`` gets a line per processed shard, ``on_reused`` each reused shard id.
     """
 
     def write(attempt: Attempt) -> Written:
@@ -257,6 +263,7 @@ def commit_shard_stage(
             config=stage_config,
             fingerprint=lambda i: shards[i].fingerprint,
             log=log,
+            on_reused=on_reused,
         )
         return result.written(extra={**result.stats(), **(extra or {})})
 

@@ -253,3 +253,17 @@ def test_samples_from_any_source(tiny, jpegs):
     shard = embed_samples(encoder, samples)
     assert shard.metadata.column("image_path").to_pylist() == ["img0.jpg", "img1.jpg", "img2.jpg"]
     assert shard.metadata.column("SAMPLE_ID").null_count == 3
+
+
+def test_jpeg_draft_decodes_at_reduced_scale_but_reports_the_original_size(tiny):
+    big = textured_jpegs(4, size=(256, 192), seed=9)
+    full = ClipEncoder(tiny, device="cpu")
+    draft = ClipEncoder(tiny, device="cpu", jpeg_draft=True)
+    assert draft.settings()["jpeg_draft"] is True and full.settings()["jpeg_draft"] is False
+    prepared = draft.prepare(big[0])
+    assert prepared.size == (256, 192) and tuple(prepared.tensor.shape) == (3, 32, 32)
+    cos = np.sum(draft.encode_images(big) * full.encode_images(big), axis=1)
+    assert (cos > 0.95).all()
+    assert not np.array_equal(draft.encode_images(big), full.encode_images(big)), (
+        "pixels differ, so it is a setting"
+    )

@@ -6,6 +6,11 @@ never waits for the CPU and on a CPU the decode of batch i+1 fills the cores the
 Outputs are float32 unit rows ``[N, d]`` (L2-normalised in float32 after the model); writers store them as
 float16 (:mod:`facelake.clip.layout`).
 
+``jpeg_draft=True`` lets libjpeg decode large JPEGs at a reduced DCT scale (never below the model's input
+size) before the transform: several times faster on big images (where decoding bounds a GPU), but the pixels,
+hence the embeddings, differ slightly from a full decode, so it is part of :meth:`ClipEncoder.settings` and
+off by default. Decode threads (:func:`default_workers`): every core up to 32 with a GPU, up to 8 on the CPU.
+
 Precision (``precision``): ``auto`` is fp16 autocast on CUDA and float32 on the CPU; ``bf16`` autocast is
 offered on both; the weights stay float32 (the space hash is of the float32 weights either way). Every
 encoder of random weights carries :attr:`ClipEncoder.warning`.
@@ -39,6 +44,13 @@ ImageInput = bytes | bytearray | memoryview | np.ndarray | Image.Image | str | o
 def default_device() -> str:
     """``cuda`` when a GPU is visible, else ``cpu``."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_workers(device: str) -> int:
+    """Decode threads: every core on a GPU machine (the model runs elsewhere and decoding is the bottleneck),
+    up to 8 on the CPU (the model's own threads share the cores)."""
+    cores = os.cpu_count() or 1
+    return max(1, min(32 if device.startswith("cuda") else 8, cores))
 
 
 @dataclass
@@ -119,7 +131,7 @@ class ClipEncoder:
             raise ValueError("fp16 autocast is for CUDA; use fp32 or bf16 on the CPU")
         self.precision = precision
         self.batch_size = batch_size
-        self.decode_workers = decode_workers or max(1, min(8, os.cpu_count() or 1))
+        self.decode_workers = decode_workers or default_workers(self.device)
         self.prefetch = prefetch
         self.jpeg_draft = jpeg_draft
         self.model = loaded.model.to(self.device).eval()

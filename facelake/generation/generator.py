@@ -114,6 +114,8 @@ class Arc2FaceComponents:
     dtype: torch.dtype
     few_step: bool
     base_scheduler_config: dict[str, Any]
+    weights: dict[str, str]  # sha256 by role (unet, encoder, vae, lora), hashed once at load
+    weights_sha256: str  # one sha256 over every weights and config file loaded
 
 
 def load_components(
@@ -123,7 +125,8 @@ def load_components(
     device: str | None = None,
     dtype: torch.dtype | None = None,
 ) -> Arc2FaceComponents:
-    """Load the pipeline from local folders only (``local_files_only=True``; never a hub id)."""
+    """Load the pipeline from local folders only (``local_files_only=True``; never a hub id), and hash the
+    files it loaded (their sha256 is every image's provenance)."""
     from diffusers import (
         AutoencoderKL,
         DPMSolverMultistepScheduler,
@@ -167,7 +170,17 @@ def load_components(
     prompt = IdentityPrompt(tokenizer, encoder)
     if folders.random_init:
         log.warning("Arc2Face components at %s: %s", arc, RANDOM_WEIGHTS_WARNING)
-    return Arc2FaceComponents(pipeline, prompt, folders, device, dtype, few_step, scheduler_config)
+    return Arc2FaceComponents(
+        pipeline,
+        prompt,
+        folders,
+        device,
+        dtype,
+        few_step,
+        scheduler_config,
+        folders.weights(),
+        folders.weights_sha256(),
+    )
 
 
 _LOCK = threading.RLock()
@@ -254,10 +267,9 @@ class Arc2FaceGenerator:
 
     def config(self) -> dict[str, Any]:
         """What decides the images (weights, sampling, prompt): the stage's config hash covers exactly this."""
-        folders = self.components.folders
         return {
             "generator": "arc2face",
-            "weights_sha256": folders.weights_sha256(),
+            "weights_sha256": self.components.weights_sha256,
             "random_init": self.random_init,
             "prompt": PROMPT,
             **self.sampling.describe(),
@@ -271,7 +283,7 @@ class Arc2FaceGenerator:
 
         record = {
             **self.config(),
-            "weights": self.components.folders.weights(),
+            "weights": dict(self.components.weights),
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "versions": {

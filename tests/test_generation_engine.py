@@ -31,6 +31,7 @@ from facelake.generation.layout import (
 )
 from facelake.generation.seeds import image_seeds, perturbed_embeddings
 from facelake.generation.space import UNPINNED, arc2face_identity_space, check_identity_space
+from facelake.lake.errors import InputError
 from facelake.models.registry import ModelNotFoundError, ModelRegistry, file_sha256
 from synthetic.arc2face_tiny import (
     ARC2FACE_DIR,
@@ -288,6 +289,31 @@ def test_an_incomplete_or_lora_less_folder_names_what_is_missing(
     assert "latent-consistency/lcm-lora-sdv1-5" in str(caught.value)
     assert generator_available(no_lora) is None and not few_step_available(no_lora)
     assert no_network == []
+
+
+class _Evil:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_a_malicious_encoder_pickle_is_refused_and_nothing_it_carries_runs(
+    tiny: Arc2FaceFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy = tmp_path / "Arc2Face"
+    shutil.copytree(tiny.arc2face, copy)
+    torch.save(
+        {"text_model.embeddings.token_embedding.weight": _Evil()}, copy / "encoder" / "pytorch_model.bin"
+    )
+    monkeypatch.chdir(tmp_path)
+    registry = ModelRegistry(
+        tmp_path / "cache", paths={"stable-diffusion-v1-5": str(tiny.base), "arc2face": str(copy)}
+    )
+    with pytest.raises(InputError, match="refused to unpickle") as caught:
+        load_components(resolve_arc2face_folders(registry), device="cpu")
+    assert caught.value.path == str(copy / "encoder" / "pytorch_model.bin")
+    assert not (tmp_path / "PWNED").exists()
 
 
 def test_folders_in_the_cache_dir_are_found_without_configured_paths(tiny: Arc2FaceFixture) -> None:

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
-from facelake.faces.identity import EmbedderProfile, EmbeddingSpaceMismatchError, embedding_table
+from facelake.faces.identity import EmbedderProfile, EmbeddingSpaceMismatchError
 from facelake.generation.contact_sheet import CONTACT_SHEET_FILE
 from facelake.generation.generator import RANDOM_WEIGHTS_WARNING, Arc2FaceGenerator, Sampling, load_generator
 from facelake.generation.identities import ReferenceIdentities
@@ -22,6 +22,7 @@ from facelake.generation.seeds import image_seeds
 from facelake.generation.settings import GenerationSettings
 from facelake.generation.shards import generated_image_shards, image_key, read_generated_index
 from facelake.generation.stage import GenerationOptions, commit_generated_images
+from facelake.hyperface.references import reference_tables
 from facelake.lake.commit import PartitionArtifact
 from facelake.lake.storage import Storage
 from facelake.lake.webdataset_reader import iter_shard_images
@@ -41,15 +42,11 @@ def generator(tmp_path_factory: pytest.TempPathFactory) -> Arc2FaceGenerator:
 
 
 def references(n: int = 5, profile: EmbedderProfile = ARCFACE, variant: str = VARIANT) -> pa.Table:
-    """A reference-embeddings table as facelake.hyperface.references writes it (one identity shard)."""
+    """One identity shard of reference embeddings, written by HyperFace's own packing output code."""
     vectors = unit_vectors(n, seed=9, dimension=profile.dimension)
-    columns = {
-        "identity_id": pa.array([f"{variant}-{i:07d}" for i in range(n)]),
-        "identity_index": pa.array(np.arange(n, dtype=np.int64)),
-        "shard": pa.array(np.zeros(n, np.int32)),
-        "variant": pa.array([variant] * n),
-    }
-    return embedding_table(vectors, profile, columns)
+    [(shard, table)] = reference_tables(vectors, variant, profile.provenance(), shard_size=n)
+    assert shard == 0 and table["identity_id"][0].as_py() == f"{variant}-0000000"
+    return table
 
 
 def images_artifact(storage: Storage) -> PartitionArtifact:

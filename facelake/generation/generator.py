@@ -15,10 +15,12 @@ schedulers that draw noise while sampling, e.g. LCM's), so an image does not dep
 from __future__ import annotations
 
 import logging
+import pickle
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -28,9 +30,11 @@ from facelake.generation.conditioning import PROMPT, IdentityPrompt
 from facelake.generation.layout import LORA_FILE, Arc2FaceFolders, resolve_arc2face_folders
 from facelake.generation.seeds import generators, initial_latents
 from facelake.generation.space import arc2face_identity_space
+from facelake.lake.errors import InputError
 from facelake.models.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_SCHEDULER = "DPMSolverMultistepScheduler"
 FEW_STEP_SCHEDULER = "LCMScheduler"
@@ -142,11 +146,29 @@ def load_components(
     dtype = dtype or default_dtype(device)
     base, arc = str(folders.base.root), str(folders.arc2face.root)
     local = {"local_files_only": True}
-    unet = UNet2DConditionModel.from_pretrained(arc, subfolder="arc2face", torch_dtype=dtype, **local)
-    encoder = CLIPTextModel.from_pretrained(arc, subfolder="encoder", dtype=dtype, **local)
-    vae = AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **local)
-    tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **local)
-    scheduler_config = dict(DPMSolverMultistepScheduler.load_config(base, subfolder="scheduler", **local))
+    files = {**folders.base.files, **folders.arc2face.files}
+    unet = _load(
+        files["arc2face/weights"],
+        lambda: UNet2DConditionModel.from_pretrained(arc, subfolder="arc2face", torch_dtype=dtype, **local),
+    )
+    encoder = _load(
+        files["encoder/weights"],
+        lambda: CLIPTextModel.from_pretrained(arc, subfolder="encoder", dtype=dtype, **local),
+    )
+    vae = _load(
+        files["vae/weights"],
+        lambda: AutoencoderKL.from_pretrained(base, subfolder="vae", torch_dtype=dtype, **local),
+    )
+    tokenizer = _load(
+        files["tokenizer/vocab.json"],
+        lambda: CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", **local),
+    )
+    scheduler_config = dict(
+        _load(
+            files["scheduler/scheduler_config.json"],
+            lambda: DPMSolverMultistepScheduler.load_config(base, subfolder="scheduler", **local),
+        )
+    )
     scheduler_class = LCMScheduler if few_step else DPMSolverMultistepScheduler
     pipeline = StableDiffusionPipeline(
         vae=vae,
@@ -181,6 +203,24 @@ def load_components(
         folders.weights(),
         folders.weights_sha256(),
     )
+
+
+def _load(path: Path, load: Callable[[], T]) -> T:
+    """Run a library loader; a refused pickle or an unreadable file becomes an :class:`InputError` naming it.
+
+    diffusers and transformers read ``.bin`` files with ``torch.load(weights_only=True)``: a pickle asking
+    for anything but tensors is refused before anything it carries runs (DESIGN §3)."""
+    try:
+        return load()
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(
+            str(path),
+            f"refused to unpickle: the file holds more than tensors (loaded with weights_only=True, nothing it "
+            f"carries was executed): {first}",
+        ) from None
+    except (OSError, ValueError, RuntimeError) as error:
+        raise InputError(str(path), f"not a loadable model file: {error}") from error
 
 
 _LOCK = threading.RLock()

@@ -144,88 +144,59 @@ def generate_shard(
     requests = plan_requests(identities, shard.rows, options.images_per_identity, options.seed)
     provenance = generator.provenance()
     builder = TarBuilder()
-    columns: dict[str, list[Any]] = {
-        k: []
-        for k in (
-            "key",
-            "sample_id",
-            "identity_id",
-            "identity_index",
-            "index",
-            "latent_seed",
-            "embedding_seed",
-        )
+    constant = {
+        **_generator_columns(generator),
+        **{name: identities.space[name] for name in PROVENANCE_COLUMNS},
     }
-    columns["noise_cosine"] = []
-    reference = identities.embeddings
+    rows: list[dict[str, Any]] = []
     for rendered in render(generator, identities, requests, options.beta, options.batch_size):
-        batch, vectors, images = rendered.requests, rendered.vectors, rendered.images
         if counter is not None:
             counter.generate_seconds += rendered.seconds
             counter.batches += 1
-        cosines = np.einsum("ij,ij->i", reference[batch.rows].astype(np.float64), vectors.astype(np.float64))
-        for row, index, latent, embedding, image, cosine in zip(
-            batch.rows.tolist(),
-            batch.index.tolist(),
-            batch.latent_seeds.tolist(),
-            batch.embedding_seeds.tolist(),
-            images,
-            cosines.tolist(),
-            strict=True,
-        ):
+        batch = rendered.requests
+        reference = identities.embeddings[batch.rows].astype(np.float64)
+        cosines = np.einsum("ij,ij->i", reference, rendered.vectors.astype(np.float64)).tolist()
+        for position, image in enumerate(rendered.images):
+            row = int(batch.rows[position])
+            index = int(batch.index[position])
             identity_index = int(identities.identity_index[row])
-            key = image_key(identity_index, index)
-            sample_id = identity_index * options.images_per_identity + index
-            record = {
-                "key": key,
-                "sample_id": sample_id,
+            seeds = {
+                "latent": int(batch.latent_seeds[position]),
+                "embedding": int(batch.embedding_seeds[position]),
+            }
+            entry = {
+                "key": image_key(identity_index, index),
+                "sample_id": identity_index * options.images_per_identity + index,
+                "shard": shard.shard_id,
                 "variant": identities.variant,
                 "identity_id": identities.identity_ids[row],
                 "identity_index": identity_index,
                 "index": index,
-                "seeds": {"latent": latent, "embedding": embedding, "base": options.seed},
+                "latent_seed": seeds["latent"],
+                "embedding_seed": seeds["embedding"],
                 "beta": options.beta,
-                "noise_cosine": round(cosine, 6),
+                "noise_cosine": cosines[position],
+            }
+            record = {
+                **{
+                    k: entry[k]
+                    for k in ("key", "sample_id", "variant", "identity_id", "identity_index", "index")
+                },
+                "seeds": {**seeds, "base": options.seed},
+                "beta": options.beta,
+                "noise_cosine": round(cosines[position], 6),
                 "generator": provenance,
                 "identity_space": identities.space,
             }
             if generator.warning:
                 record["warning"] = generator.warning
-            builder.add(key, {"jpg": encode_jpeg(image, options.jpeg_quality), "json": sample_json(record)})
-            for name, value in zip(
-                (
-                    "key",
-                    "sample_id",
-                    "identity_id",
-                    "identity_index",
-                    "index",
-                    "latent_seed",
-                    "embedding_seed",
-                ),
-                (key, sample_id, identities.identity_ids[row], identity_index, index, latent, embedding),
-                strict=True,
-            ):
-                columns[name].append(value)
-            columns["noise_cosine"].append(cosine)
+            builder.add(
+                entry["key"], {"jpg": encode_jpeg(image, options.jpeg_quality), "json": sample_json(record)}
+            )
+            rows.append({**entry, **constant})
     data = builder.finish()
     n = builder.count
-    table = pa.table(
-        {
-            "key": pa.array(columns["key"], pa.string()),
-            "sample_id": pa.array(columns["sample_id"], pa.int64()),
-            "shard": pa.array(np.full(n, shard.shard_id, np.int64)),
-            "variant": pa.array([identities.variant] * n, pa.string()),
-            "identity_id": pa.array(columns["identity_id"], pa.string()),
-            "identity_index": pa.array(columns["identity_index"], pa.int64()),
-            "index": pa.array(columns["index"], pa.int32()),
-            "latent_seed": pa.array(columns["latent_seed"], pa.int64()),
-            "embedding_seed": pa.array(columns["embedding_seed"], pa.int64()),
-            "beta": pa.array(np.full(n, options.beta, np.float32)),
-            "noise_cosine": pa.array(np.asarray(columns["noise_cosine"], np.float32)),
-            **{name: pa.repeat(value, n) for name, value in _generator_columns(generator).items()},
-            **{name: pa.repeat(identities.space[name], n) for name in PROVENANCE_COLUMNS},
-        }
-    ).cast(INDEX_SCHEMA)
+    table = pa.Table.from_pylist(rows, schema=INDEX_SCHEMA) if rows else INDEX_SCHEMA.empty_table()
     if counter is not None:
         counter.images += n
         counter.identities += len(shard.rows)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from facelake.generation.generator import Sampling
-from facelake.generation.stage import GenerationOptions
+if TYPE_CHECKING:  # the engine modules import torch: settings stay importable without it
+    from facelake.generation.generator import Sampling
+    from facelake.generation.stage import GenerationOptions
 
 
 class GenerationSettings(BaseModel):
@@ -36,6 +39,8 @@ class GenerationSettings(BaseModel):
     lease_ttl_s: float = Field(900.0, gt=0)
 
     def sampling(self) -> Sampling:
+        from facelake.generation.generator import Sampling
+
         return Sampling(
             steps=self.steps,
             guidance=self.guidance,
@@ -45,6 +50,8 @@ class GenerationSettings(BaseModel):
         )
 
     def options(self) -> GenerationOptions:
+        from facelake.generation.stage import GenerationOptions
+
         return GenerationOptions(
             images_per_identity=self.images_per_identity,
             beta=self.beta,

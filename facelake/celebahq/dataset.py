@@ -25,7 +25,6 @@ images are aligned portraits, so the largest face is the subject; smaller ones a
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -33,8 +32,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from facelake.faces.detection import Detections, FaceDetector
-from facelake.faces.identity import IdentityEmbedder, embedding_table
+from facelake.faces.detection import FaceDetector
+from facelake.faces.identity import IdentityEmbedder
+from facelake.faces.primary import NamedImages, PrimaryFaceEmbeddings, embed_primary_faces
+from facelake.faces.primary import primary_face as primary_face  # re-exported: the largest face per image
 from facelake.faces.stages import StageCounter
 from facelake.lake.commit import PartitionArtifact
 from facelake.lake.errors import InputError
@@ -230,32 +231,8 @@ def iter_source_images(
 
 # --- one face per image ------------------------------------------------------------------------------
 
-
-def primary_face(detections: Detections) -> int | None:
-    """Index of the largest detected face (ties: the higher score), or None if there is none."""
-    if len(detections) == 0:
-        return None
-    boxes = np.asarray(detections.boxes, np.float64)
-    areas = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-    return int(np.lexsort((-np.asarray(detections.scores), -areas))[0])
-
-
-@dataclass(frozen=True, eq=False)
-class EmbeddedImages:
-    """The primary face's embedding per image (with its box and score), and the images with no face."""
-
-    embeddings: pa.Table
-    no_face: pa.Table
-
-
-def _face_columns(names: list[str], boxes: np.ndarray, scores: np.ndarray, counts: list[int]) -> dict:
-    flat = pa.array(np.asarray(boxes, np.float32).reshape(-1), pa.float32())
-    return {
-        "file_name": pa.array(names, pa.string()),
-        "face_box": pa.FixedSizeListArray.from_arrays(flat, 4),
-        "face_score": pa.array(np.asarray(scores, np.float32)),
-        "faces_detected": pa.array(np.asarray(counts, np.int32)),
-    }
+EmbeddedImages = PrimaryFaceEmbeddings
+"""The primary face's embedding per image (with its box and score), and the images with no face."""
 
 
 def embed_source_images(
@@ -264,48 +241,19 @@ def embed_source_images(
     embedder: IdentityEmbedder,
     counter: StageCounter | None = None,
 ) -> EmbeddedImages:
-    """Detect faces, keep each image's primary face and embed it; images without a face are recorded."""
-
-    profile = embedder.profile
-    tables = [
-        embedding_table(
-            np.zeros((0, profile.dimension), np.float32),
-            profile,
-            _face_columns([], np.zeros((0, 4)), np.zeros(0), []),
+    """Detect faces, keep each image's primary face (:func:`facelake.faces.primary.primary_face`) and embed
+    it; images without a face are recorded with their source file and row."""
+    named = (
+        NamedImages(
+            batch.file_names,
+            batch.images,
+            {"source_file": [batch.source_file] * len(batch.file_names), "source_row": batch.rows.tolist()},
         )
-    ]
-    no_face: dict[str, list] = {"file_name": [], "source_file": [], "source_row": [], "reason": []}
-    reason = f"no face detected by {detector.name} (score > {detector.config()['threshold']})"
-    for batch in batches:
-        started = time.perf_counter()
-        found = detector.detect(batch.images, names=batch.file_names)
-        keep, boxes, landmarks, scores, counts = [], [], [], [], []
-        for slot, detections in enumerate(found):
-            face = primary_face(detections)
-            if face is None:
-                no_face["file_name"].append(batch.file_names[slot])
-                no_face["source_file"].append(batch.source_file)
-                no_face["source_row"].append(int(batch.rows[slot]))
-                no_face["reason"].append(reason)
-                continue
-            keep.append(slot)
-            boxes.append(detections.boxes[face])
-            landmarks.append(detections.landmarks[face])
-            scores.append(detections.scores[face])
-            counts.append(len(detections))
-        if keep:
-            vectors = embedder.embed([batch.images[i] for i in keep], np.stack(boxes), np.stack(landmarks))
-            names = [batch.file_names[i] for i in keep]
-            tables.append(
-                embedding_table(
-                    vectors, profile, _face_columns(names, np.stack(boxes), np.asarray(scores), counts)
-                )
-            )
-        if counter is not None:
-            counter.seconds += time.perf_counter() - started
-            counter.images += len(batch.images)
-            counter.faces_per_image.extend(len(d) for d in found)
-    return EmbeddedImages(pa.concat_tables(tables), pa.table(no_face, schema=NO_FACE_SCHEMA))
+        for batch in batches
+    )
+    return embed_primary_faces(
+        named, detector, embedder, counter, name_column=FILE_NAME_COLUMN, no_face_schema=NO_FACE_SCHEMA
+    )
 
 
 # --- writing the card's layout -----------------------------------------------------------------------

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from assets import celebahq, faces, hyperface, laion_face
+from assets import celebahq, clip, faces, hyperface, laion_face
 from dagster_project.executors import executor_from_env
 from dagster_project.settings import current_settings
 from facelake.settings import FacelakeSettings
 from resources import CatalogResource, Img2DatasetResource, LaionSourcesResource, StorageResource
+from resources.clip import ClipResource
 from resources.models import ModelRegistryResource
 
-AREAS = (laion_face, faces, celebahq, hyperface)
+AREAS = (laion_face, faces, celebahq, hyperface, clip)
 """The dataset areas, each a module of ``assets/`` with ``definitions(settings)``."""
 
 
@@ -24,6 +25,7 @@ def build_definitions(settings: FacelakeSettings) -> Definitions:
             "img2dataset": Img2DatasetResource.from_settings(settings),
             "catalog": CatalogResource(),
             "models": ModelRegistryResource.from_settings(settings),
+            "clip": ClipResource.from_settings(settings),
         },
         executor=executor_from_env(),
     )

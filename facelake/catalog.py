@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import duckdb
 
+from facelake.clip.catalog import CLIP
 from facelake.laion.catalog import LAION_FACE, REPORT_SQL, run_report
 from facelake.lake import catalog as lake_catalog
 from facelake.lake.catalog import SQL_DIR_ENV, CommittedPartition, describe, query, sql_path
 from facelake.lake.storage import Storage
 
-SECTIONS = (LAION_FACE,)
+SECTIONS = (LAION_FACE, CLIP)
 """Every section of the catalog, in view-creation order."""
 
 __all__ = [

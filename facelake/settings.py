@@ -19,6 +19,7 @@ from pydantic_settings import (
     YamlConfigSettingsSource,
 )
 
+from facelake.clip.settings import ClipSettings
 from facelake.clusters.settings import ClusteringSettings
 from facelake.hyperface.settings import HyperfaceSettings
 from facelake.laion.download_options import DownloadSettings
@@ -43,6 +44,7 @@ class FacelakeSettings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     clustering: ClusteringSettings = Field(default_factory=ClusteringSettings)
     hyperface: HyperfaceSettings = Field(default_factory=HyperfaceSettings)
+    clip: ClipSettings = Field(default_factory=ClipSettings)
 
     @field_validator("root", "sources")
     @classmethod

@@ -40,6 +40,7 @@ from facelake.lake.commit import (
     Written,
     materialize_partition,
 )
+from facelake.lake.progress import Progress
 from facelake.lake.shard_stage import DONE_SUFFIX, run_shard_stage, shard_name
 from facelake.lake.storage import Storage
 from facelake.lake.webdataset_reader import ImageShard, iter_shard_images
@@ -92,8 +93,11 @@ class ShardEmbeddings:
     stats: EncodeStats
 
 
-def embed_samples(encoder: ClipEncoder, samples: Iterable[ClipSample]) -> ShardEmbeddings:
-    """Embed samples in input order (undecodable images are skipped and listed in ``failed``)."""
+def embed_samples(
+    encoder: ClipEncoder, samples: Iterable[ClipSample], progress: Progress | None = None
+) -> ShardEmbeddings:
+    """Embed samples in input order (undecodable images are skipped and listed in ``failed``); ``progress``
+    advances by every image of each batch, encoded or not."""
     stats = EncodeStats()
     vectors, items, sizes, failed = [], [], [], []
     for batch in encoder.stream(((s, s.image) for s in samples), stats):
@@ -101,6 +105,8 @@ def embed_samples(encoder: ClipEncoder, samples: Iterable[ClipSample]) -> ShardE
         items.extend(batch.items)
         sizes.append(batch.sizes)
         failed.extend((sample.key, reason) for sample, reason in batch.failed)
+        if progress is not None:
+            progress.advance(len(batch.items) + len(batch.failed))
     matrix = np.concatenate(vectors) if vectors else np.zeros((0, encoder.dimension), np.float32)
     meta = metadata_table(
         [s.key for s in items],
@@ -122,13 +128,14 @@ def clip_shard_process(
     digits: int = PART_DIGITS,
     totals: EncodeStats | None = None,
     log: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Callable[[int], pa.Table]:
     """The ``process(shard_id)`` of :func:`facelake.lake.shard_stage.run_shard_stage`: embed the shard, write
     its layout part under ``prefix``, return its index table (the stage commits it, then its manifest)."""
 
     def process(shard_id: int) -> pa.Table:
         started = time.perf_counter()
-        shard = embed_samples(encoder, samples_of(shard_id))
+        shard = embed_samples(encoder, samples_of(shard_id), progress)
         written = write_part(storage, prefix, shard_id, shard.vectors, shard.metadata, digits)
         seconds = time.perf_counter() - started
         if totals is not None:
@@ -212,9 +219,13 @@ def commit_clip_embeddings(
     digits: int = PART_DIGITS,
     extra: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> CommitOutcome:
     """Embed every input shard not yet committed (``shards``: id → an input shard with a ``fingerprint``;
-    ``samples_of(id)``: its samples), and commit the partition manifest-last (see the module doc)."""
+    ``samples_of(id)``: its samples), and commit the partition manifest-last (see the module doc).
+
+    ``progress`` (total: the images of every shard) advances per encoded batch and by the recorded images
+    of each reused shard, so its lines (every 5 % or 30 s: done/total, rate, ETA) cover the whole part."""
     storage, prefix = artifact.storage, artifact.prefix
     config = stage_config(encoder, digits)
 
@@ -223,8 +234,14 @@ def commit_clip_embeddings(
         redone = drop_incomplete_shards(storage, prefix, ids)
         totals = EncodeStats()
         process = clip_shard_process(
-            storage, prefix, encoder, samples_of, digits=digits, totals=totals, log=log
+            storage, prefix, encoder, samples_of, digits=digits, totals=totals, log=log, progress=progress
         )
+
+        def reused(shard_id: int) -> None:
+            if progress is not None:
+                index = read_index(storage, prefix, shard_id).to_pylist()
+                progress.advance(int(index[0]["images"]) + int(index[0]["failed"]) if index else 0)
+
         result = run_shard_stage(
             attempt,
             ids,
@@ -233,7 +250,10 @@ def commit_clip_embeddings(
             config=config,
             fingerprint=lambda i: str(shards[i].fingerprint),
             log=log,
+            on_reused=reused,
         )
+        if progress is not None:
+            progress.finish()
         files = list(result.files)
         images = failed = 0
         for shard_id in ids:

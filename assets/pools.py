@@ -19,6 +19,12 @@ GPU_TAGS = {
 }
 CPU_TAGS = {QUEUE_TAG: "cpu"}
 
+RESOURCE_TAG = "facelake/resource"
+DOWNLOAD_RUN_TAGS = {RESOURCE_TAG: "download"}
+GPU_RUN_TAGS = {RESOURCE_TAG: "gpu"}
+"""RUN tags (not op tags) the queued run coordinator limits by (deploy/dagster.yaml ``tag_concurrency_limits``):
+a job, schedule, backfill or automation that downloads or needs the GPU puts one of these on its runs."""
+
 ArtifactFor = Callable[[Storage, str], PartitionArtifact]
 """Where an asset's partition lives, given the lake and the partition key."""
 

@@ -3,6 +3,18 @@
 Per-step routing is by op tags (``dagster-celery/queue``: ``cpu`` or ``gpu``) and pools (``gpu``), so asset
 code never changes between a laptop and a GPU cluster. Select with ``FACELAKE_EXECUTOR``.
 
+Lost workers: dagster-celery's executor waits for a step's result forever. A worker whose pool process is
+killed reports ``WorkerLostError`` (the step fails, and the failure here names the worker); a worker whose
+main process dies takes its pool process with it (celery sets ``PR_SET_PDEATHSIG``) and reports nothing. So
+the facelake celery executor watches every started step (``task_track_started``: the result backend names
+the worker that took it): every ``FACELAKE_CELERY_PING_S`` seconds (10) it asks that worker whether it still
+runs the task, and fails the step, naming it and the worker, when the worker has not answered for
+``FACELAKE_CELERY_LOST_WORKER_S`` seconds (60) or answers twice without knowing the task (it was restarted
+under the same name, as a container with a restart policy is). A run whose worker's main process dies
+therefore fails within LOST + PING + a few seconds (75 s by default), or about 2 x PING after the worker is
+back; a step still waiting in its queue is bounded by the instance's run monitoring (``max_runtime_seconds``
+in deploy/dagster.yaml).
+
 Celery: the executor and the workers must agree on the broker, the result backend and the app settings, or
 the workers never see a step (dagster-celery's fallback broker is ``pyamqp://guest@localhost:5672//``). Both
 read one config: ``deploy/celery.yaml``, the file the workers get with
@@ -16,11 +28,19 @@ both sides.
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from dagster import ExecutorDefinition, in_process_executor, multiprocess_executor
+from dagster import (
+    ExecutorDefinition,
+    executor,
+    in_process_executor,
+    multiple_process_executor_requirements,
+    multiprocess_executor,
+)
 
 MULTIPROCESS = multiprocess_executor.configured(
     {
@@ -40,6 +60,14 @@ CELERY_CONFIG: dict[str, Any] = {
     "backend": {"env": CELERY_BROKER_ENV},
     "config_source": {
         "broker_connection_retry_on_startup": True,
+        # the result backend names the worker (and pool pid) that started a step: the executor watches it
+        "task_track_started": True,
+        # a worker takes a step only when its pool has a free process: a step never waits in a busy (or
+        # dying) worker's buffer while another worker is free, and a killed worker takes no queued step along
+        "worker_disable_prefetch": True,
+        # keep the pool processes' real stdout/stderr (celery would swap in a logging proxy without a file
+        # descriptor, which Dagster's compute-log capture cannot redirect: the UI would show empty logs)
+        "worker_redirect_stdouts": False,
         # dagster-celery's own transport options, plus a visibility timeout longer than any step: a Redis
         # broker hands a reserved but unacknowledged task to another worker after it (default one hour),
         # which would run a step queued behind a long GPU step twice.
@@ -85,15 +113,177 @@ def celery_config() -> dict[str, Any]:
     return config
 
 
+LOST_WORKER_ENV = "FACELAKE_CELERY_LOST_WORKER_S"
+PING_ENV = "FACELAKE_CELERY_PING_S"
+DEFAULT_LOST_WORKER_S = 60.0
+DEFAULT_PING_S = 10.0
+
+
+class CeleryWorkerLost(Exception):
+    """A started step's worker stopped answering pings: its main process is gone (killed, OOM, host lost)."""
+
+
+class CeleryStepFailed(Exception):
+    """A step's celery task failed on a worker (e.g. ``WorkerLostError``: its pool process was killed)."""
+
+
+@dataclass
+class WorkerWatch:
+    """How the steps of one run watch their workers: the app to ask, how often, and when to give up."""
+
+    app: Any
+    lost_after_s: float
+    ping_every_s: float
+
+    def ask(self, worker: str, task_id: str) -> bool | None:
+        """Whether ``worker`` still runs ``task_id``: True, False (it answers but does not know the task: it
+        restarted under the same name), or None (no answer)."""
+        inspect = self.app.control.inspect(destination=[worker], timeout=min(2.0, self.ping_every_s))
+        replies = inspect.query_task(task_id) or {}
+        if worker not in replies:
+            return None
+        return task_id in (replies[worker] or {})
+
+
+class WatchedResult:
+    """A step's ``AsyncResult`` for dagster-celery's execution loop: ready when the task finished or when the
+    worker that started it lost it; ``get`` names the step and the worker in every failure.
+
+    A started step's worker is asked every ``ping_every_s`` whether it still runs the task. The step is lost
+    when the worker has not answered for ``lost_after_s`` (its main process and pool are gone), or when it
+    answers twice in a row without knowing the task (it was restarted under the same name, as a container
+    with a restart policy is, and the step died with the old process)."""
+
+    def __init__(self, result: Any, step_key: str, watch: WorkerWatch) -> None:
+        self.result = result
+        self.step_key = step_key
+        self.watch = watch
+        self.worker: str | None = None
+        self.pid: int | None = None
+        self.lost: str | None = None
+        self._last_answer: float | None = None
+        self._last_ask = float("-inf")
+        self._unknown = 0
+
+    def _where(self) -> str:
+        worker = self.worker or "an unknown celery worker (the step had not reported its start)"
+        return f"celery worker {worker}" + (f" (pool pid {self.pid})" if self.pid else "")
+
+    def _still_running(self) -> bool:
+        now = time.monotonic()
+        if self._last_answer is None:
+            self._last_answer = now  # first seen running: its worker was alive then
+        if now - self._last_ask >= self.watch.ping_every_s:
+            self._last_ask = now
+            knows = self.watch.ask(self.worker or "", self.result.id)
+            if knows is not None:
+                self._last_answer = time.monotonic()
+            self._unknown = self._unknown + 1 if knows is False else 0
+            if self._unknown >= 2:
+                self.lost = "answers but no longer knows the task: it restarted, and the step died with its old process"
+                return False
+        if time.monotonic() - self._last_answer >= self.watch.lost_after_s:
+            self.lost = (
+                f"has not answered for {self.watch.lost_after_s:.0f} s: its main process is gone (killed, out of "
+                "memory, host lost)"
+            )
+            return False
+        return True
+
+    def ready(self) -> bool:
+        meta = self.result.backend.get_task_meta(self.result.id)
+        state = meta.get("status")
+        if state == "STARTED" and isinstance(meta.get("result"), dict):
+            self.worker = meta["result"].get("hostname") or self.worker
+            self.pid = meta["result"].get("pid") or self.pid
+        if state in ("SUCCESS", "FAILURE", "REVOKED"):
+            return True
+        return state == "STARTED" and self.worker is not None and not self._still_running()
+
+    def get(self) -> Any:
+        if self.lost:
+            raise CeleryWorkerLost(
+                f'step "{self.step_key}" was running on {self._where()}, which {self.lost}. The step\'s outputs '
+                "are uncommitted (manifest-last); the run's retry or a re-execution from failure redoes it."
+            )
+        try:
+            return self.result.get()
+        except Exception as error:
+            from celery.exceptions import TaskRevokedError
+
+            if isinstance(error, TaskRevokedError):
+                raise
+            raise CeleryStepFailed(
+                f'step "{self.step_key}" failed on {self._where()}: {type(error).__name__}: {error}'
+            ) from error
+
+    def revoke(self) -> None:
+        self.result.revoke()
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    value = float(os.environ.get(name, default))
+    if value <= 0:
+        raise ValueError(f"{name}={value}: must be positive")
+    return value
+
+
+def _celery_executor_class():
+    from dagster_celery.core_execution_loop import core_celery_execution_loop
+    from dagster_celery.executor import CeleryExecutor, _submit_task
+
+    class WatchedCeleryExecutor(CeleryExecutor):
+        """dagster-celery's executor whose step results watch the worker that runs them."""
+
+        def __init__(self, *args: Any, lost_after_s: float, ping_every_s: float, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.lost_after_s = lost_after_s
+            self.ping_every_s = ping_every_s
+
+        def execute(self, plan_context, execution_plan):
+            watches: dict[int, WorkerWatch] = {}
+
+            def submit(app, plan_context, step, queue, priority, known_state):
+                watch = watches.setdefault(id(app), WorkerWatch(app, self.lost_after_s, self.ping_every_s))
+                result = _submit_task(app, plan_context, step, queue, priority, known_state)
+                return WatchedResult(result, step.key, watch)
+
+            return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=submit)
+
+    return WatchedCeleryExecutor
+
+
+def facelake_celery_executor(config: dict[str, Any]) -> ExecutorDefinition:
+    """dagster-celery's executor (same config schema) that fails a step whose worker is lost, by name."""
+    from dagster_celery.executor import CELERY_CONFIG as SCHEMA
+    from dagster_celery.executor import RetryMode
+
+    lost_after_s = _seconds_from_env(LOST_WORKER_ENV, DEFAULT_LOST_WORKER_S)
+    ping_every_s = _seconds_from_env(PING_ENV, DEFAULT_PING_S)
+
+    @executor(name="celery", config_schema=SCHEMA, requirements=multiple_process_executor_requirements())
+    def _celery(init_context):
+        config = init_context.executor_config
+        return _celery_executor_class()(
+            retries=RetryMode.from_config(config["retries"]),
+            broker=config.get("broker"),
+            backend=config.get("backend"),
+            config_source=config.get("config_source"),
+            include=config.get("include"),
+            lost_after_s=lost_after_s,
+            ping_every_s=ping_every_s,
+        )
+
+    return _celery.configured(config, name="facelake_celery")
+
+
 def executor_from_env() -> ExecutorDefinition:
     """``multiprocess`` (default), ``in_process``, or ``celery`` (configured by :func:`celery_config`)."""
     kind = os.environ.get("FACELAKE_EXECUTOR", "multiprocess")
     if kind == "in_process":
         return in_process_executor
     if kind == "celery":
-        from dagster_celery import celery_executor
-
-        return celery_executor.configured(celery_config(), name="facelake_celery")
+        return facelake_celery_executor(celery_config())
     if kind != "multiprocess":
         raise ValueError(f"FACELAKE_EXECUTOR={kind!r}: expected multiprocess, in_process or celery")
     return MULTIPROCESS

@@ -2,6 +2,8 @@
 identity embeddings of every detected face and their identity clusters (the factories of
 :mod:`assets.faces.stages` and :mod:`assets.clusters`)."""
 
+from dagster import AssetsDefinition, AutomationCondition
+
 from assets.clusters import identity_clusters_asset
 from assets.faces.stages import detected_faces_asset, detections_agreement_check, face_embeddings_asset
 from assets.partitions import laion_parts
@@ -9,6 +11,20 @@ from facelake.laion import artifacts
 from facelake.settings import FacelakeSettings
 
 GROUP = "laion_face_models"
+
+
+def faces_follow_images(settings: FacelakeSettings) -> bool:
+    """Whether a part's detections and embeddings follow its images by declarative automation (default on;
+    ``schedule.faces_follow_images: false`` turns it off)."""
+    return bool(getattr(settings.schedule, "faces_follow_images", True))
+
+
+def follow_upstream(assets_def: AssetsDefinition) -> AssetsDefinition:
+    """The asset with ``AutomationCondition.eager()``: a partition is requested when its upstream partitions
+    are newly materialized (none missing, none in progress, the asset itself not in progress)."""
+    return assets_def.map_asset_specs(
+        lambda spec: spec.replace_attributes(automation_condition=AutomationCondition.eager())
+    )
 
 
 def laion_face_model_assets(settings: FacelakeSettings) -> list:
@@ -56,4 +72,6 @@ def laion_face_model_assets(settings: FacelakeSettings) -> list:
         group=GROUP,
         partitions_def=laion_parts,
     )
+    if faces_follow_images(settings):
+        detected, embeddings = follow_upstream(detected), follow_upstream(embeddings)
     return [detected, embeddings, check, clusters]

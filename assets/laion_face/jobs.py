@@ -2,12 +2,15 @@
 
 from dagster import AssetKey, AssetSelection, define_asset_job
 
+from assets.pools import DOWNLOAD_RUN_TAGS
+
 LAION_GLOBAL_ASSETS = [AssetKey("laion_face_ids"), AssetKey("laion_face_optout")]
 LAION_PART_ASSETS = [AssetKey(k) for k in ("laion_face_meta", "laion_face_images", "laion_face_detections")]
 
 laion_face_part_job = define_asset_job(
     "laion_face_part_job",
     selection=AssetSelection.assets(*LAION_PART_ASSETS),
+    tags=DOWNLOAD_RUN_TAGS,  # definition and run tags: every launch path (UI, schedule, backfill) tags runs
     description="One LAION-Face part end to end: filtered metadata, img2dataset download, released detections. "
     "Backfill the 20M subset with parts 0,2,5,8,13,15,17,18,21,22,24,25,28 (see laion_face_20m_schedule).",
 )

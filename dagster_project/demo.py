@@ -5,8 +5,11 @@ CelebA-HQ identity clusters and HyperFace reference embeddings.
 ``.facelake/demo/dagster_home``, images served by an HTTP server on 127.0.0.1. After the LAION-Face part, a
 CelebA-HQ source of two real people (``synthetic.celebahq_photos``) goes under the world's sources
 and ``celebahq_identity_job`` clusters it; ``hyperface_gallery`` is built from part 00000's embeddings and
-``hyperface_reference_job`` packs the ``demo`` variant. Afterwards ``make dev`` opens the UI on the same
-instance, with the runs, partitions and metadata of this demo.
+``hyperface_reference_job`` packs the ``demo`` variant. Last, CLIP: ``laion_face_clip_job`` embeds part 00000
+(ViT-B-32's architecture with RANDOM weights, labelled as such in every output: no CLIP weights ship offline)
+and builds its search index with probe contact sheets, ``clip_job`` embeds the CelebA-HQ images and removes
+near-duplicates across both (with the blocking check), and a text search over part 00000 prints its hits.
+Afterwards ``make dev`` opens the UI on the same instance, with the runs, partitions and metadata of this demo.
 """
 
 from __future__ import annotations
@@ -25,6 +28,18 @@ if TYPE_CHECKING:
 
 DEMO_DIR = Path(".facelake/demo")
 DEMO_PORT = 8765
+DEMO_CLIP = {"model": "ViT-B-32", "pretrained": None, "batch_size": 32, "probe_k": 5}
+"""The demo's ``clip`` settings: ViT-B-32's architecture with seeded random weights (no weights offline)."""
+DEMO_QUERY = "a smiling old man with a beard"
+
+
+def add_demo_clip_config(path: Path) -> None:
+    """Add :data:`DEMO_CLIP` to the world's config file (``make dev`` then sees the same settings)."""
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    config["clip"] = dict(DEMO_CLIP)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def prepare_instance(home: Path) -> None:
@@ -45,6 +60,7 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
     prepare_instance(home)
     with ImageServer(port=port) as server:
         world = build_laion_world(base, server)
+        add_demo_clip_config(world.config_path)
         os.environ["DAGSTER_HOME"] = str(home)
         os.environ["FACELAKE_CONFIG"] = str(world.config_path)
         from dagster import DagsterInstance
@@ -67,12 +83,14 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
             key = part if job.partitions_def is not None else None
             runs.append(job.execute_in_process(partition_key=key, instance=instance))
     later = run_identity_and_hyperface(defs, settings, instance)
+    clip = run_clip(defs, settings, instance, part)
     return {
         "world": world,
         "settings": settings,
         "home": home,
         "runs": [r.run_id for r in runs],
         **later,
+        **clip,
     }
 
 
@@ -106,6 +124,22 @@ def run_identity_and_hyperface(
     }
 
 
+def run_clip(defs: Definitions, settings: FacelakeSettings, instance: DagsterInstance, part: str) -> dict:
+    """``laion_face_clip_job`` for ``part``, ``clip_job`` (CelebA-HQ and the near-duplicates with their check),
+    then a text search over the part's embeddings; returns their results."""
+    from facelake.cli.search import search
+    from resources.clip import ClipResource
+
+    laion = defs.resolve_job_def("laion_face_clip_job").execute_in_process(
+        partition_key=part, instance=instance
+    )
+    both = defs.resolve_job_def("clip_job").execute_in_process(instance=instance)
+    [check] = both.get_asset_check_evaluations()
+    encoder = ClipResource.from_settings(settings).encoder()  # the model the runs loaded (one per process)
+    found = search(settings, "laion_face_clip_embeddings", part, [DEMO_QUERY], k=5, encoder=encoder)
+    return {"clip_runs": [laion.run_id, both.run_id], "clip_check": check, "clip_search": found}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, default=DEMO_DIR, help="where the world, lake and instance go")
@@ -137,10 +171,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"  outputs          : {lake.uri('laion_face')}")
     print_identity_and_hyperface(summary, lake)
+    print_clip(summary, lake)
     print(f"  dagster instance : {home}")
     config = os.environ["FACELAKE_CONFIG"]
     print(f"  UI               : make dev   (or: DAGSTER_HOME={home} FACELAKE_CONFIG={config} dagster dev)")
-    print("                     then open http://127.0.0.1:3000 (Assets: laion_face, celebahq, hyperface)")
+    print(
+        "                     then open http://127.0.0.1:3000 (Assets: laion_face, celebahq, hyperface, clip)"
+    )
 
 
 def print_identity_and_hyperface(summary: dict, lake: Storage) -> None:
@@ -188,6 +225,41 @@ def print_identity_and_hyperface(summary: dict, lake: Storage) -> None:
         print(f"  WARNING          : {hyperface.RANDOM_WEIGHTS_WARNING}")
     shards = hyperface.reference_shard_ids(artifact)
     print(f"  HyperFace output : {artifact.prefix} ({len(shards)} identity shards)")
+
+
+def print_clip(summary: dict, lake: Storage) -> None:
+    """The CLIP embeddings, index, near-duplicates and the search, from their manifests and the search result."""
+    from facelake.clip.catalog import clip_artifact
+
+    runs = ", ".join(summary["clip_runs"])
+    print(f"\nCLIP embeddings, search index, near-duplicates and a text search (runs: {runs})")
+    laion = clip_artifact(lake, "laion_face_clip_embeddings", "00000").require_manifest().extra
+    celebahq = clip_artifact(lake, "celebahq_clip_embeddings").require_manifest().extra
+    index = clip_artifact(lake, "laion_face_clip_index", "00000").require_manifest().extra
+    near = clip_artifact(lake, "clip_near_duplicates").require_manifest().extra
+    print(f"  CLIP model       : {laion['space_label']}")
+    if laion["warning"]:
+        print(f"  WARNING          : {laion['warning']}")
+    print(
+        f"  LAION embeddings : {laion['images']} images of laion_face_clip_embeddings[00000], "
+        f"{laion['images_per_second']:.1f} images/s on {laion['device']}"
+    )
+    print(f"  CelebA-HQ        : {celebahq['images']} images of celebahq_clip_embeddings")
+    print(
+        f"  search index     : {index['method']}: {index['reason']}; {len(index['probe_prompts'])} probe sheets"
+    )
+    print(
+        f"  near-duplicates  : similarity > {near['threshold']}: {near['pairs']} pairs in {near['groups']} groups; "
+        f"kept {near['kept']} of {near['images']} images"
+    )
+    check = summary["clip_check"]
+    print(f"  check            : {check.check_name} {'passed' if check.passed else 'FAILED'}")
+    found = summary["clip_search"]
+    print(f'  search           : "{DEMO_QUERY}" ({found.method}, top {found.hits.num_rows}):')
+    for row in found.rows():
+        caption = " ".join(str(row["caption"] or "").split())[:50]
+        print(f"    #{row['rank']} {row['score']:.4f} {row['image_path']}  {caption}  {row['url']}")
+    print(f"  CLIP outputs     : {lake.uri('clip')}")
 
 
 if __name__ == "__main__":

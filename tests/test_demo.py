@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
 from dagster_project.demo import main
+from facelake.catalog import open_catalog
 from facelake.celebahq import dataset as celebahq
 from facelake.hyperface import references as hyperface
 from facelake.lake.storage import Storage
@@ -25,6 +28,47 @@ def committed_tables(lake: Storage, artifact, folder: str) -> pa.Table:
         with lake.open(uri) as handle:
             tables.append(pq.read_table(handle))
     return pa.concat_tables(tables)
+
+
+CLIP_HEADING = "\nCLIP embeddings, search index, near-duplicates and a text search"
+CLIP_VIEWS = (
+    "clip_embeddings_metadata",
+    "clip_spaces",
+    "clip_index",
+    "clip_index_probe_hits",
+    "clip_near_duplicates_keep",
+    "clip_near_duplicates_groups",
+    "clip_near_duplicates_pairs",
+)
+
+
+def assert_clip_section(clip: str, celebahq_images: int) -> None:
+    """The demo's CLIP lines: ViT-B-32's architecture with random weights, labelled; both embedding assets,
+    the exact index, the passing check and five ranked hits of the search."""
+    assert "CLIP model       : open_clip:ViT-B-32 (512-d, RANDOM TEST WEIGHTS" in clip, clip
+    assert "WARNING          : RANDOM WEIGHTS: open_clip:ViT-B-32 was initialised randomly" in clip, clip
+    assert "LAION embeddings : 142 images of laion_face_clip_embeddings[00000]" in clip, clip
+    assert f"CelebA-HQ        : {celebahq_images} images of celebahq_clip_embeddings" in clip, clip
+    assert "search index     : exact: 142 rows <= exact_search_max_rows" in clip and "no index needed" in clip
+    assert re.search(r"near-duplicates  : similarity > 0\.92: \d+ pairs in \d+ groups; kept \d+ of 159", clip)
+    assert "check            : no_kept_pair_above_threshold passed" in clip, clip
+    assert 'search           : "a smiling old man with a beard" (exact, top 5):' in clip, clip
+    hits = re.findall(r"^    #(\d) (-?\d\.\d{4}) (\S+)", clip, re.MULTILINE)
+    assert [int(rank) for rank, _, _ in hits] == [1, 2, 3, 4, 5], clip
+    scores = [float(score) for _, score, _ in hits]
+    assert scores == sorted(scores, reverse=True)
+
+
+def assert_clip_views(lake: Storage) -> None:
+    """Every CLIP view has rows after the demo, and every embedding row says its weights were random."""
+    with open_catalog(lake) as conn:
+        for view in CLIP_VIEWS:
+            [(count,)] = conn.sql(f"SELECT count(*) FROM {view}").fetchall()
+            assert count > 0, f"{view} is empty after the demo"
+        flags = conn.sql("SELECT DISTINCT embedder_random_init FROM clip_embeddings_metadata").fetchall()
+        assert flags == [(True,)]
+        assets = conn.sql("SELECT DISTINCT asset FROM clip_embeddings_metadata ORDER BY asset").fetchall()
+        assert assets == [("celebahq_clip_embeddings",), ("laion_face_clip_embeddings",)]
 
 
 @pytest.mark.slow
@@ -46,7 +90,10 @@ def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path, monke
     identities = DEMO_HYPERFACE_VARIANT["identities"]
     assert f"HyperFace        : variant demo: N={identities}, d=128, gallery 142 faces" in printed
     assert "check            : min_angle_reaches_bound passed" in printed
-    assert "trained weights" in printed and "RANDOM" not in printed, "dlib's weights are real"
+    before_clip, clip_heading, clip = printed.partition(CLIP_HEADING)
+    assert clip_heading, f"no CLIP section in:\n{printed}"
+    assert "trained weights" in before_clip and "RANDOM" not in before_clip, "dlib's weights are real"
+    assert_clip_section(clip, images)
 
     lake = Storage(str(tmp_path / "demo" / "lake"))
     clusters = committed_tables(lake, celebahq.clusters_artifact(lake), "data/")
@@ -65,6 +112,8 @@ def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path, monke
     assert table["embedder_random_init"].to_pylist() == [False] * identities
     assert hyperface.gallery_artifact(lake).require_manifest().rows == 142
 
+    assert_clip_views(lake)
+
     home = tmp_path / "demo" / "dagster_home"
     assert (home / "dagster.yaml").is_file()
     with DagsterInstance.from_config(str(home)) as instance:
@@ -75,9 +124,18 @@ def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path, monke
             assert instance.get_latest_materialization_event(AssetKey(key)) is not None, key
         event = instance.get_latest_materialization_event(AssetKey("hyperface_reference_embeddings"))
         assert event is not None and event.asset_materialization.partition == "demo"
+        for key in ("laion_face_clip_embeddings", "laion_face_clip_index"):
+            event = instance.get_latest_materialization_event(AssetKey(key))
+            assert event is not None and event.asset_materialization.partition == "00000", key
+        for key in ("celebahq_clip_embeddings", "clip_near_duplicates", "laion_face_clip_embeddings"):
+            metadata = instance.get_latest_materialization_event(AssetKey(key)).asset_materialization.metadata
+            assert metadata["random_init"].value is True and "RANDOM WEIGHTS" in metadata["warning"].value, (
+                key
+            )
         for asset, check in (
             ("hyperface_reference_embeddings", "min_angle_reaches_bound"),
             ("celebahq_identity_clusters", "members_near_centroid"),
+            ("clip_near_duplicates", "no_kept_pair_above_threshold"),
         ):
             record = instance.get_latest_asset_check_evaluation_record(AssetCheckKey(AssetKey(asset), check))
             assert record is not None and record.event.dagster_event.event_specific_data.passed is True

@@ -2,10 +2,11 @@
 hypersphere for each named variant (static partition keys from the settings).
 
 ``hyperface_gallery`` assembles ONE embedding space from a configured parquet table or the committed
-``laion_face_embeddings`` parts (the paper's gallery, SFHQ part 3 StyleGAN2 faces, plugs in the same way
-once ingested). ``hyperface_reference_embeddings`` packs a variant's N identities against it on the GPU
-pool (DESIGN §4), checkpointing outside its partition so a killed run resumes, and commits identity shards
-manifest-last with the metrics, a convergence plot and a blocking check on the minimum angle.
+``laion_face_embeddings`` or ``sfhq_face_embeddings`` parts (the paper's gallery is SFHQ part 3, StyleGAN2
+faces: ``hyperface.gallery.source: sfhq_face_embeddings``, ``parts: ["3"]``).
+``hyperface_reference_embeddings`` packs a variant's N identities against it on the GPU pool (DESIGN §4),
+checkpointing outside its partition so a killed run resumes, and commits identity shards manifest-last with
+the metrics, a convergence plot and a blocking check on the minimum angle.
 """
 
 # No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
@@ -47,6 +48,8 @@ from facelake.lake.commit import Manifest
 from facelake.lake.errors import UnknownPartitionError
 from facelake.lake.plots import png_markdown
 from facelake.settings import FacelakeSettings
+from facelake.sfhq import artifacts as sfhq_artifacts
+from facelake.sfhq.settings import PARTS as SFHQ_PARTS
 from resources import StorageResource
 
 GROUP = "hyperface"
@@ -67,13 +70,14 @@ def hyperface_assets(settings: FacelakeSettings) -> list[AssetsDefinition]:
 
 def gallery_asset(settings: FacelakeSettings) -> AssetsDefinition:
     gallery_settings = settings.hyperface.gallery
-    from_laion = gallery_settings.source == "laion_face_embeddings"
+    upstream = {"laion_face_embeddings", "sfhq_face_embeddings"}
+    from_asset = gallery_settings.source if gallery_settings.source in upstream else None
     version = code_version("1", gallery_settings.model_dump())
 
     @cpu_asset(
         name=GALLERY,
         group_name=GROUP,
-        deps=[AssetKey("laion_face_embeddings")] if from_laion else [],
+        deps=[AssetKey(from_asset)] if from_asset else [],
         code_version=version,
         kinds={"parquet"},
         description="Gallery face embeddings for HyperFace's regulariser and initialisation: unit vectors of ONE "
@@ -90,6 +94,8 @@ def gallery_asset(settings: FacelakeSettings) -> AssetsDefinition:
             expand=lambda uri: settings.source_uri(uri),
             laion_embeddings=laion_artifacts.embeddings,
             laion_parts=LAION_PARTS,
+            sfhq_embeddings=sfhq_artifacts.face_embeddings_artifact,
+            sfhq_parts=SFHQ_PARTS,
         )
         context.log.info(f"gallery from {len(sources)} source(s): {[s.name for s in sources]}")
         artifact = gallery_artifact(lake)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from assets import celebahq, clip, faces, hyperface, laion_face
+from assets import celebahq, clip, faces, hyperface, laion_face, sfhq
 from dagster_project.executors import executor_from_env
 from dagster_project.settings import current_settings
 from facelake.settings import FacelakeSettings
@@ -12,7 +12,7 @@ from resources import CatalogResource, Img2DatasetResource, LaionSourcesResource
 from resources.clip import ClipResource
 from resources.models import ModelRegistryResource
 
-AREAS = (laion_face, faces, celebahq, hyperface, clip)
+AREAS = (laion_face, faces, celebahq, hyperface, clip, sfhq)
 """The dataset areas, each a module of ``assets/`` with ``definitions(settings)``."""
 
 

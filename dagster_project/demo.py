@@ -9,6 +9,8 @@ and ``celebahq_identity_job`` clusters it; ``hyperface_gallery`` is built from p
 (ViT-B-32's architecture with RANDOM weights, labelled as such in every output: no CLIP weights ship offline)
 and builds its search index with probe contact sheets, ``clip_job`` embeds the CelebA-HQ images and removes
 near-duplicates across both (with the blocking check), and a text search over part 00000 prints its hits.
+Then a small SFHQ part (real faces, ``synthetic.sfhq``) goes under the world's sources and ``sfhq_part_job``
+materializes part 1 (index, landmarks, segmentations, the shipped CLIP features, faces, the report).
 Afterwards ``make dev`` opens the UI on the same instance, with the runs, partitions and metadata of this demo.
 """
 
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 
 DEMO_DIR = Path(".facelake/demo")
 DEMO_PORT = 8765
+DEMO_SFHQ_IMAGES = 8
+"""Images of the demo's SFHQ part (real faces, the fixture's known values)."""
 DEMO_CLIP = {"model": "ViT-B-32", "pretrained": None, "batch_size": 32, "probe_k": 5}
 """The demo's ``clip`` settings: ViT-B-32's architecture with seeded random weights (no weights offline)."""
 DEMO_QUERY = "a smiling old man with a beard"
@@ -84,6 +88,7 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
             runs.append(job.execute_in_process(partition_key=key, instance=instance))
     later = run_identity_and_hyperface(defs, settings, instance)
     clip = run_clip(defs, settings, instance, part)
+    sfhq = run_sfhq(defs, settings, instance)
     return {
         "world": world,
         "settings": settings,
@@ -91,6 +96,7 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
         "runs": [r.run_id for r in runs],
         **later,
         **clip,
+        **sfhq,
     }
 
 
@@ -140,6 +146,55 @@ def run_clip(defs: Definitions, settings: FacelakeSettings, instance: DagsterIns
     return {"clip_runs": [laion.run_id, both.run_id], "clip_check": check, "clip_search": found}
 
 
+def run_sfhq(
+    defs: Definitions, settings: FacelakeSettings, instance: DagsterInstance, part: str = "1"
+) -> dict:
+    """Write a small SFHQ part (real faces, synthetic.sfhq) under the world's sources and run ``sfhq_part_job``
+    for it on ``instance``; returns the run and its checks."""
+    from synthetic.sfhq import write_sfhq_part
+
+    folder = settings.sfhq.part_uri(settings.sources, part)
+    storage = settings.storage()
+    if not storage.exists(f"{folder}/images"):
+        write_sfhq_part(storage, folder, DEMO_SFHQ_IMAGES, part=part)
+    run = defs.resolve_job_def("sfhq_part_job").execute_in_process(partition_key=part, instance=instance)
+    return {"sfhq_part": part, "sfhq_run": run.run_id, "sfhq_checks": run.get_asset_check_evaluations()}
+
+
+def print_sfhq(summary: dict, lake: Storage) -> None:
+    """The SFHQ part's counts, features, faces and report, from the committed manifests."""
+    from facelake.sfhq import artifacts as sfhq
+
+    part = summary["sfhq_part"]
+    stages = "index, landmarks, segmentations, CLIP features, faces, report"
+    print(f"\nSFHQ part {part}: {stages} (run: {summary['sfhq_run']})")
+    index = sfhq.artifact(lake, sfhq.INDEX, part).require_manifest().extra
+    counts = index["counts"]
+    print(f"  SFHQ images      : {counts['images']} in {index['folder']} ({counts['complete']} complete)")
+    landmarks = sfhq.artifact(lake, sfhq.LANDMARKS, part).require_manifest()
+    maps = sfhq.artifact(lake, sfhq.SEGMENTATIONS, part).require_manifest()
+    print(f"  landmarks, maps  : {landmarks.rows} / {maps.rows} rows ({landmarks.extra['landmark_index']})")
+    features = sfhq.artifact(lake, sfhq.CLIP_FEATURES, part).require_manifest().extra
+    verified = "weights verified" if features["weights_verified"] else "space declared, weights not here"
+    duplicates = features["near_duplicates"]
+    print(f"  CLIP features    : {features['feature_key']} -> {features['space_label']} ({verified})")
+    print(
+        f"  SFHQ's claim     : {duplicates['pairs']} pairs above {duplicates['threshold']} "
+        f"({'holds' if duplicates['pairs'] == 0 else 'does not hold'})"
+    )
+    faces = sfhq.artifact(lake, sfhq.FACE_EMBEDDINGS, part).require_manifest().extra
+    print(
+        f"  faces            : {faces['faces_embedded']} embedded, {faces['images_without_face']} without a face"
+    )
+    failed = [
+        f"{c.asset_key.to_user_string()}:{c.check_name}" for c in summary["sfhq_checks"] if not c.passed
+    ]
+    total = len(summary["sfhq_checks"])
+    failures = f": FAILED {', '.join(failed)}" if failed else ""
+    print(f"  checks           : {total - len(failed)} of {total} passed{failures}")
+    print(f"  SFHQ report      : {sfhq.artifact(lake, sfhq.REPORT, part).prefix} (report.html)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dir", type=Path, default=DEMO_DIR, help="where the world, lake and instance go")
@@ -172,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  outputs          : {lake.uri('laion_face')}")
     print_identity_and_hyperface(summary, lake)
     print_clip(summary, lake)
+    print_sfhq(summary, lake)
     print(f"  dagster instance : {home}")
     config = os.environ["FACELAKE_CONFIG"]
     print(f"  UI               : make dev   (or: DAGSTER_HOME={home} FACELAKE_CONFIG={config} dagster dev)")

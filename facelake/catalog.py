@@ -13,8 +13,9 @@ from facelake.laion.catalog import LAION_FACE, REPORT_SQL, run_report
 from facelake.lake import catalog as lake_catalog
 from facelake.lake.catalog import SQL_DIR_ENV, CommittedPartition, describe, query, sql_path
 from facelake.lake.storage import Storage
+from facelake.sfhq.catalog import SFHQ
 
-SECTIONS = (LAION_FACE, CLIP)
+SECTIONS = (LAION_FACE, CLIP, SFHQ)
 """Every section of the catalog, in view-creation order."""
 
 __all__ = [

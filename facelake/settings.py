@@ -28,6 +28,7 @@ from facelake.laion.settings import LaionSources, ScheduleSettings
 from facelake.lake.settings import S3Settings
 from facelake.lake.storage import Storage, expand_source
 from facelake.models.settings import ModelSettings
+from facelake.sfhq.settings import SfhqSettings
 
 
 class FacelakeSettings(BaseSettings):
@@ -44,6 +45,7 @@ class FacelakeSettings(BaseSettings):
     models: ModelSettings = Field(default_factory=ModelSettings)
     clustering: ClusteringSettings = Field(default_factory=ClusteringSettings)
     hyperface: HyperfaceSettings = Field(default_factory=HyperfaceSettings)
+    sfhq: SfhqSettings = Field(default_factory=SfhqSettings)
     clip: ClipSettings = Field(default_factory=ClipSettings)
 
     @field_validator("root", "sources")

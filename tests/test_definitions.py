@@ -28,6 +28,13 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "celebahq_face_embeddings",
         "celebahq_identity_clusters",
         "laion_face_identity_clusters",
+        "sfhq_index",
+        "sfhq_landmarks",
+        "sfhq_segmentations",
+        "sfhq_clip_features",
+        "sfhq_face_embeddings",
+        "sfhq_report",
+        "sfhq_clip_embeddings",
     }
     assert {j.name for j in defs.jobs} == {
         "laion_face_part_job",
@@ -36,6 +43,7 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "laion_face_faces_job",
         "hyperface_reference_job",
         "celebahq_identity_job",
+        "sfhq_part_job",
     }
     assert [s.name for s in defs.schedules] == ["laion_face_20m_schedule"]
     for key in PART_ASSETS:
@@ -52,6 +60,8 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "agrees_with_released_detections",
         "min_angle_reaches_bound",
         "members_near_centroid",
+        "no_problems",
+        "no_near_duplicates_above_claim",
     }
 
 

@@ -139,3 +139,31 @@ def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path, monke
         ):
             record = instance.get_latest_asset_check_evaluation_record(AssetCheckKey(AssetKey(asset), check))
             assert record is not None and record.event.dagster_event.event_specific_data.passed is True
+
+    # SFHQ: a small part of real faces, every asset of part 1, its catalog views with rows
+    sfhq_heading = "\nSFHQ part 1: index, landmarks, segmentations, CLIP features, faces, report"
+    assert sfhq_heading in printed, printed
+    sfhq_lines = printed.split(sfhq_heading, 1)[1]
+    assert "SFHQ images      : 8 in " in sfhq_lines and "(8 complete)" in sfhq_lines
+    assert "landmarks, maps  : 8 / 8 rows (landmark order ASSUMED (unverified)" in sfhq_lines
+    assert "CLIP features    : CLIP_ViTL_14@336 -> open_clip:ViT-L-14-336-quickgelu" in sfhq_lines
+    assert "(space declared, weights not here)" in sfhq_lines
+    assert "SFHQ's claim     : 0 pairs above 0.92 (holds)" in sfhq_lines
+    assert "faces            : 8 embedded, 0 without a face" in sfhq_lines
+    assert "checks           : 6 of 6 passed" in sfhq_lines
+    with open_catalog(lake) as conn:
+        for view, rows in (
+            ("sfhq_index", 8),
+            ("sfhq_landmarks", 8),
+            ("sfhq_segmentations", 8),
+            ("sfhq_clip_features", 8),
+            ("sfhq_face_embeddings", 8),
+            ("sfhq_problems", 0),
+            ("sfhq_near_duplicates", 0),
+        ):
+            assert conn.execute(f"SELECT count(*) FROM {view} WHERE part = '1'").fetchone()[0] == rows, view
+        assert conn.execute("SELECT names, complete, problems FROM sfhq_parts").fetchall() == [(8, 8, 0)]
+    with DagsterInstance.from_config(str(home)) as instance:
+        for key in ("sfhq_index", "sfhq_clip_features", "sfhq_face_embeddings", "sfhq_report"):
+            event = instance.get_latest_materialization_event(AssetKey(key))
+            assert event is not None and event.asset_materialization.partition == "1", key

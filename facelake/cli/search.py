@@ -75,18 +75,17 @@ class SearchResult:
 
 def resolve_part(lake: Storage, asset: str, part: str | None) -> str:
     """``part``, or the asset's only committed partition; an error lists the committed ones otherwise."""
-    from facelake.clip.catalog import DATASET
+    from facelake.clip.foreign import asset_location
     from facelake.lake.catalog import committed_partitions
     from facelake.lake.errors import InputError
 
     if part:
         return part
-    parts = [
-        c.artifact.partition for c in committed_partitions(lake, DATASET) if c.artifact.artifact == asset
-    ]
+    dataset, name = asset_location(asset)  # sfhq_clip_features lives under sfhq/clip_features/
+    parts = [c.artifact.partition for c in committed_partitions(lake, dataset) if c.artifact.artifact == name]
     if len(parts) == 1:
         return parts[0]
-    where = lake.uri(DATASET, asset)
+    where = lake.uri(dataset, name)
     if not parts:
         raise InputError(where, f"no committed partition of {asset}: materialize it first")
     raise InputError(
@@ -139,7 +138,7 @@ def search(
     """Search the committed embeddings ``asset[part]`` by text and/or image files with the configured model."""
     import pyarrow as pa
 
-    from facelake.clip.catalog import clip_artifact
+    from facelake.clip.foreign import embeddings_artifact, foreign_encoder
     from facelake.clip.layout import read_partition
     from facelake.clip.search import ClipSearch
     from facelake.clip.space import random_weights_warning
@@ -148,10 +147,18 @@ def search(
         raise ValueError("give a text query, an image query, or both")
     lake = settings.storage()
     part = resolve_part(lake, asset, part)
-    artifact = clip_artifact(lake, asset, part)
+    artifact = embeddings_artifact(lake, asset, part)
     manifest = artifact.require_manifest()
     embeddings = read_partition(artifact)
     ann, note = _committed_index(lake, asset, part, manifest.content_hash)
+    notes = [note] if note else []
+    # features computed elsewhere (sfhq_clip_features) are searched with THEIR space's model
+    foreign = (
+        foreign_encoder(artifact, embeddings, settings.clip.encoder_options()) if encoder is None else None
+    )
+    if foreign is not None:
+        encoder, embeddings, more = foreign
+        notes += more
     encoder = encoder if encoder is not None else configured_encoder(settings)
     clip = settings.clip
     engine = ClipSearch(
@@ -173,7 +180,7 @@ def search(
         profile.random_init,
         random_weights_warning(profile),
         engine.method,
-        [note] if note else [],
+        notes,
     )
 
 
@@ -213,7 +220,7 @@ def _images_of(lake: Storage, result: SearchResult, keys: list[str]) -> dict[str
                 )
     elif result.asset == "celebahq_clip_embeddings":
         found = _celebahq_images(lake, set(keys))
-    elif result.asset == "sfhq_clip_features":
+    elif result.asset in ("sfhq_clip_features", "sfhq_clip_embeddings"):
         from facelake.clip.foreign import images_by_uri
 
         found = images_by_uri(lake, keys)  # image_path is the image's URI

@@ -241,11 +241,15 @@ def configured_sources(
     expand: Callable[[str], str] = lambda uri: uri,
     laion_embeddings: Callable[[Storage, str], PartitionArtifact] | None = None,
     laion_parts: Sequence[str] = (),
+    sfhq_embeddings: Callable[[Storage, str], PartitionArtifact] | None = None,
+    sfhq_parts: Sequence[str] = (),
 ) -> list[GallerySource]:
     """The gallery sources the settings name; ``expand`` resolves ``{sources}`` in table URIs.
 
-    For ``laion_face_embeddings``, ``laion_embeddings(storage, part)`` gives a part's artifact and
-    ``laion_parts`` are the candidate parts (used when ``settings.parts`` is empty: every committed one).
+    For ``laion_face_embeddings`` (``sfhq_face_embeddings``), ``laion_embeddings(storage, part)``
+    (``sfhq_embeddings``) gives a part's artifact and ``laion_parts`` (``sfhq_parts``) are the candidate parts
+    (used when ``settings.parts`` is empty: every committed one). An SFHQ part's table is its committed
+    ``embeddings.parquet``.
     """
     if settings.source == "table":
         if not settings.uris:
@@ -263,26 +267,58 @@ def configured_sources(
                 )
             )
         return sources
-    if laion_embeddings is None:
-        raise FacelakeError("laion_face_embeddings gallery: no artifact locator given")
-    wanted = list(settings.parts) or list(laion_parts)
+    if settings.source == "sfhq_face_embeddings":
+        return _committed_part_sources(
+            storage, settings, settings.source, sfhq_embeddings, sfhq_parts, _sfhq_table(storage)
+        )
+    return _committed_part_sources(
+        storage,
+        settings,
+        settings.source,
+        laion_embeddings,
+        laion_parts,
+        lambda artifact: read_stage_table(storage, artifact),
+    )
+
+
+SFHQ_TABLE = "embeddings.parquet"
+"""The file of an ``sfhq_face_embeddings`` part that is its gallery table."""
+
+
+def _sfhq_table(storage: Storage) -> Callable[[PartitionArtifact], pa.Table]:
+    def load(artifact: PartitionArtifact) -> pa.Table:
+        manifest = artifact.require_manifest()
+        paths = [f.path for f in manifest.files if f.path.rsplit("/", 1)[-1] == SFHQ_TABLE]
+        if len(paths) != 1:
+            raise InputError(artifact.prefix, f"expected one committed {SFHQ_TABLE}, found {len(paths)}")
+        return read_input_parquet(storage, artifact.uri(paths[0]), "sfhq_face_embeddings table")
+
+    return load
+
+
+def _committed_part_sources(
+    storage: Storage,
+    settings: HyperfaceGallerySettings,
+    asset: str,
+    locate: Callable[[Storage, str], PartitionArtifact] | None,
+    candidates: Sequence[str],
+    load: Callable[[PartitionArtifact], pa.Table],
+) -> list[GallerySource]:
+    """One source per committed part of a partitioned embeddings asset (the parts named, else every one)."""
+    if locate is None:
+        raise FacelakeError(f"{asset} gallery: no artifact locator given")
+    wanted = list(settings.parts) or list(candidates)
     sources = []
     for part in wanted:
-        artifact = laion_embeddings(storage, part)
+        artifact = locate(storage, part)
         manifest = artifact.manifest()
         if manifest is None:
             if settings.parts:
-                raise InputError(artifact.prefix, "laion_face_embeddings part not committed; materialize it")
+                raise InputError(artifact.prefix, f"{asset} part not committed; materialize it")
             continue
-        sources.append(
-            GallerySource(
-                f"laion_face_embeddings[{part}]",
-                manifest.content_hash,
-                lambda a=artifact: read_stage_table(storage, a),
-            )
-        )
+        sources.append(GallerySource(f"{asset}[{part}]", manifest.content_hash, lambda a=artifact: load(a)))
     if not sources:
-        raise FacelakeError("no committed laion_face_embeddings part to build the gallery from")
+        raise FacelakeError(f"no committed {asset} part to build the gallery from")
     return sources
 
 

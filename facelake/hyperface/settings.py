@@ -12,15 +12,18 @@ class HyperfaceGallerySettings(BaseModel):
     """Where HyperFace's gallery embeddings come from: ONE embedding space (checked by provenance).
 
     ``table``: parquet files (local or ``s3://``; ``{sources}`` expands) with an ``embedding`` column and the
-    embedder provenance columns of ``facelake.faces.identity``. ``laion_face_embeddings``: that asset's committed
-    parts (``parts``; empty = every committed part). The paper's gallery is SFHQ part 3 (StyleGAN2 faces)
-    embedded with the same model as the packing space."""
+    embedder provenance columns of ``facelake.faces.identity``. ``laion_face_embeddings`` /
+    ``sfhq_face_embeddings``: that asset's committed parts (``parts``; empty = every committed part). The
+    paper's gallery is SFHQ part 3 (StyleGAN2 faces) embedded with the same model as the packing space:
+    ``source: sfhq_face_embeddings`` with ``parts: ["3"]``."""
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["table", "laion_face_embeddings"] = "laion_face_embeddings"
+    source: Literal["table", "laion_face_embeddings", "sfhq_face_embeddings"] = "laion_face_embeddings"
     uris: list[str] = Field(default_factory=list, description="table: parquet embedding tables")
-    parts: list[str] = Field(default_factory=list, description="laion_face_embeddings: parts (empty = all)")
+    parts: list[str] = Field(
+        default_factory=list, description="laion_face_embeddings / sfhq_face_embeddings: parts (empty = all)"
+    )
     max_rows: int | None = Field(None, ge=1, description="seeded sample of the gallery when it is larger")
     seed: int = 0
 

@@ -116,6 +116,29 @@ class SfhqSettings(BaseModel):
     feature_key: str = Field(
         "CLIP_ViTL_14@336", description="pretrained_features key written as CLIP features"
     )
+    feature_model: str | None = Field(
+        None,
+        description="open_clip model of feature_key's space: None = the CLIP stage's table of foreign labels "
+        "(CLIP_ViTL_14@336 -> ViT-L-14-336-quickgelu / openai); else a config name or 'local-dir:/folder'",
+    )
+    feature_pretrained: str | None = Field(
+        None,
+        description="its weights: None = the table's tag (or the local-dir's own); else a tag or a local "
+        "checkpoint of the same weights. Weights are never downloaded for this: without them the space is "
+        "declared (config + dimension) and marked unverified",
+    )
+    near_duplicate_threshold: float = Field(
+        0.92, gt=-1.0, lt=1.0, description="SFHQ's claim: no two images' CLIP features above this similarity"
+    )
+    probe_prompts: list[str] = Field(
+        default_factory=lambda: [
+            "a smiling woman with long hair",
+            "an old man with a beard",
+            "a person wearing glasses",
+        ],
+        description="text queries whose top hits the report shows (when the features' text encoder is here)",
+    )
+    probe_k: int = Field(6, ge=1, le=50, description="hits per probe prompt in the report")
     face_batch_size: int = Field(8, ge=1, description="images per detection/embedding batch")
     report_sample: int = Field(2000, ge=1, description="faces averaged in the mean landmark layout")
     report_measure: str = Field(

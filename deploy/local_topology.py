@@ -14,7 +14,7 @@ starts, on 127.0.0.1, what docker-compose.yml starts in containers:
 
 with the same commands (``SERVICES``), the same environment variables (``deployment_env``), the same instance
 (deploy/dagster.deployment.yaml) and the same workspace shape (deploy/workspace.yaml);
-tests/test_ops_deployment.py checks docker-compose.yml against them. It writes the offline LAION-Face world
+tests/test_operations.py checks docker-compose.yml against them. It writes the offline LAION-Face world
 (synthetic.world: real face photos served on 127.0.0.1) and uploads its sources to the bucket, then
 materializes the inputs and part 00000 through the webserver's GraphQL API (``launchRun``, as the UI's
 Launchpad does), waits for the runs with deadlines, prints where everything is, and stops every process

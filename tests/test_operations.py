@@ -332,7 +332,6 @@ def test_a_step_whose_pool_process_died_fails_naming_the_worker():
 
 # --- slow: the started topology, in file order -------------------------------------------------------------
 
-slow = [pytest.mark.slow, pytest.mark.services]
 STATE: dict[str, object] = {}
 """What earlier slow tests leave for later ones (run ids, kill times)."""
 

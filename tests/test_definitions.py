@@ -35,6 +35,10 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "sfhq_face_embeddings",
         "sfhq_report",
         "sfhq_clip_embeddings",
+        "laion_face_clip_embeddings",
+        "laion_face_clip_index",
+        "celebahq_clip_embeddings",
+        "clip_near_duplicates",
     }
     assert {j.name for j in defs.jobs} == {
         "laion_face_part_job",
@@ -44,6 +48,8 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "hyperface_reference_job",
         "celebahq_identity_job",
         "sfhq_part_job",
+        "laion_face_clip_job",
+        "clip_job",
     }
     assert [s.name for s in defs.schedules] == ["laion_face_20m_schedule"]
     for key in PART_ASSETS:
@@ -62,6 +68,7 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "members_near_centroid",
         "no_problems",
         "no_near_duplicates_above_claim",
+        "no_kept_pair_above_threshold",
     }
 
 

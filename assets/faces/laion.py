@@ -16,7 +16,7 @@ GROUP = "laion_face_models"
 def faces_follow_images(settings: FacelakeSettings) -> bool:
     """Whether a part's detections and embeddings follow its images by declarative automation (default on;
     ``schedule.faces_follow_images: false`` turns it off)."""
-    return bool(getattr(settings.schedule, "faces_follow_images", True))
+    return settings.schedule.faces_follow_images
 
 
 def follow_upstream(assets_def: AssetsDefinition) -> AssetsDefinition:

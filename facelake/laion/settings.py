@@ -28,3 +28,6 @@ class ScheduleSettings(BaseModel):
     subset: Literal["20m", "50m"] = "20m"
     cron: str = "*/15 * * * *"
     max_in_flight: int = Field(2, ge=1)
+    faces_follow_images: bool = Field(
+        True, description="a part's detections and embeddings follow its images by declarative automation"
+    )

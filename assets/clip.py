@@ -56,7 +56,7 @@ from assets.materializing import (
     owner,
 )
 from assets.partitions import laion_parts
-from assets.pools import GPU_TAGS, ArtifactFor, cpu_asset, gpu_asset
+from assets.pools import GPU_RUN_TAGS, GPU_TAGS, ArtifactFor, cpu_asset, gpu_asset
 from facelake.celebahq import dataset as celebahq
 from facelake.clip.ann import INDEX_FILE as ANN_INDEX_FILE
 from facelake.clip.ann import PARAMS_FILE as ANN_PARAMS_FILE
@@ -110,8 +110,6 @@ NO_KEPT_PAIR_CHECK = "no_kept_pair_above_threshold"
 PROBE_SHEET = "probe_{:02d}.png"
 LAION_FACE_CLIP_ASSETS = [AssetKey("laion_face_clip_embeddings"), AssetKey("laion_face_clip_index")]
 CLIP_ASSETS = [AssetKey("celebahq_clip_embeddings"), AssetKey(NEAR_DUPLICATES)]
-CLIP_RUN_TAGS = {"facelake/resource": "gpu"}
-"""The RUN tag the queued run coordinator limits GPU runs by (``assets.pools.GPU_RUN_TAGS`` once committed)."""
 
 
 # --- where an image asset's images are -------------------------------------------------------------------
@@ -770,14 +768,14 @@ def clip_assets(settings: FacelakeSettings) -> list:
 laion_face_clip_job = define_asset_job(
     "laion_face_clip_job",
     selection=AssetSelection.assets(*LAION_FACE_CLIP_ASSETS),
-    tags=CLIP_RUN_TAGS,
+    tags=GPU_RUN_TAGS,
     description="CLIP embeddings of one downloaded LAION-Face part (GPU step) and its search index (exact below "
     "the size threshold, faiss above it) with the probe prompts' contact sheets.",
 )
 clip_job = define_asset_job(
     "clip_job",
     selection=AssetSelection.assets(*CLIP_ASSETS),
-    tags=CLIP_RUN_TAGS,
+    tags=GPU_RUN_TAGS,
     description="CLIP embeddings of CelebA-HQ (GPU step), then the near-duplicates across the configured "
     "embedding assets with the blocking check that no two kept images exceed the threshold.",
 )

@@ -9,14 +9,13 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
-from dagster_project.demo import main
 from facelake.catalog import open_catalog
 from facelake.celebahq import dataset as celebahq
 from facelake.hyperface import references as hyperface
 from facelake.lake.storage import Storage
 from synthetic.celebahq_photos import NO_FACE, PEOPLE, person_copies
 from synthetic.world import DEMO_HYPERFACE_SHARD_SIZE, DEMO_HYPERFACE_VARIANT
-from tests.conftest import free_port
+from tests.browser import demo_once
 
 
 def committed_tables(lake: Storage, artifact, folder: str) -> pa.Table:
@@ -72,12 +71,11 @@ def assert_clip_views(lake: Storage) -> None:
 
 
 @pytest.mark.slow
-def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("FACELAKE_MODELS__CACHE_DIR", str(tmp_path / "models"))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # restored after the test
-    monkeypatch.setenv("FACELAKE_CONFIG", str(tmp_path / "unused.yaml"))
-    main(["--dir", str(tmp_path / "demo"), "--port", str(free_port()), "--fresh"])
-    printed = capsys.readouterr().out
+def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path_factory):
+    # `python -m dagster_project.demo --dir <fresh folder> --fresh`, run once per test process and shared with
+    # the UI test (tests/test_ui_browser.py), which opens this same instance in a browser
+    demo = demo_once(tmp_path_factory)
+    printed = demo.printed
     assert "success=142, failed_to_download=9, failed_to_resize=4, opted_out=5" in printed
     assert "our detections   : 142 faces" in printed
     copies = len(person_copies(PEOPLE[0]))
@@ -95,7 +93,7 @@ def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path, monke
     assert "trained weights" in before_clip and "RANDOM" not in before_clip, "dlib's weights are real"
     assert_clip_section(clip, images)
 
-    lake = Storage(str(tmp_path / "demo" / "lake"))
+    lake = Storage(str(demo.base / "lake"))
     clusters = committed_tables(lake, celebahq.clusters_artifact(lake), "data/")
     assert clusters.column_names == ["image", "file_name", "cluster_id", "cluster_size"]
     cluster_of = dict(zip(clusters["file_name"].to_pylist(), clusters["cluster_id"].to_pylist(), strict=True))
@@ -114,7 +112,7 @@ def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path, monke
 
     assert_clip_views(lake)
 
-    home = tmp_path / "demo" / "dagster_home"
+    home = demo.base / "dagster_home"
     assert (home / "dagster.yaml").is_file()
     with DagsterInstance.from_config(str(home)) as instance:
         for key in ("laion_face_meta", "laion_face_images", "laion_face_detections", "laion_face_detected"):

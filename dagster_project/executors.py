@@ -27,8 +27,10 @@ both sides.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,10 +156,18 @@ class WatchedResult:
     answers twice in a row without knowing the task (it was restarted under the same name, as a container
     with a restart policy is, and the step died with the old process)."""
 
-    def __init__(self, result: Any, step_key: str, watch: WorkerWatch) -> None:
+    def __init__(
+        self,
+        result: Any,
+        step_key: str,
+        watch: WorkerWatch,
+        started_on: Callable[[], tuple[str | None, int | None]] | None = None,
+    ) -> None:
         self.result = result
         self.step_key = step_key
         self.watch = watch
+        self.started_on = started_on
+        """(worker, pool pid) from the run's event log, for a step that failed before this result saw it start."""
         self.worker: str | None = None
         self.pid: int | None = None
         self.lost: str | None = None
@@ -213,12 +223,35 @@ class WatchedResult:
 
             if isinstance(error, TaskRevokedError):
                 raise
+            if self.worker is None and self.started_on is not None:
+                # the task's STARTED state was overwritten by its failure before a poll saw it: the worker's
+                # own engine event and the step's start event in the run's log still name both
+                self.worker, self.pid = self.started_on()
             raise CeleryStepFailed(
                 f'step "{self.step_key}" failed on {self._where()}: {type(error).__name__}: {error}'
             ) from error
 
     def revoke(self) -> None:
         self.result.revoke()
+
+
+def started_on_from_events(instance: Any, run_id: str, step_key: str) -> tuple[str | None, int | None]:
+    """The celery worker (dagster-celery's ``Celery worker`` engine event) and the pool pid (the step's
+    STEP_START) of ``step_key`` in the run's event log; None where absent."""
+    from dagster import DagsterEventType
+
+    worker = pid = None
+    kinds = {DagsterEventType.ENGINE_EVENT, DagsterEventType.STEP_START}
+    for entry in instance.all_logs(run_id, of_type=kinds):
+        event = entry.dagster_event
+        if event is None or event.step_key != step_key:
+            continue
+        if event.event_type == DagsterEventType.STEP_START:
+            pid = event.pid
+        data = event.engine_event_data
+        if data is not None and "Celery worker" in data.metadata:
+            worker = str(data.metadata["Celery worker"].value)
+    return worker, pid
 
 
 def _seconds_from_env(name: str, default: float) -> float:
@@ -246,7 +279,10 @@ def _celery_executor_class():
             def submit(app, plan_context, step, queue, priority, known_state):
                 watch = watches.setdefault(id(app), WorkerWatch(app, self.lost_after_s, self.ping_every_s))
                 result = _submit_task(app, plan_context, step, queue, priority, known_state)
-                return WatchedResult(result, step.key, watch)
+                started_on = functools.partial(
+                    started_on_from_events, plan_context.instance, plan_context.run_id, step.key
+                )
+                return WatchedResult(result, step.key, watch, started_on)
 
             return core_celery_execution_loop(plan_context, execution_plan, step_execution_fn=submit)
 

@@ -29,7 +29,7 @@ import pyarrow as pa
 from facelake.lake.catalog import CatalogSection, ViewSource
 from facelake.lake.commit import PartitionArtifact
 from facelake.lake.storage import Storage
-from facelake.vectors.spaces import CONFIG_COLUMN
+from facelake.vectors.spaces import CONFIG_COLUMN, PROVENANCE_FIELDS
 
 DATASET = "clip"
 EMBEDDINGS_SUFFIX = "_clip_embeddings"
@@ -47,14 +47,7 @@ KEEP_FILE = "keep.parquet"
 GROUPS_FILE = "groups.parquet"
 PAIRS_FILE = "pairs.parquet"
 
-SPACE_SCHEMA = [
-    ("embedder_name", pa.string()),
-    ("embedder_dimension", pa.int64()),
-    ("embedder_weights_sha256", pa.string()),
-    ("embedder_random_init", pa.bool_()),
-    ("embedder_same_identity_cosine_distance", pa.float64()),
-    (CONFIG_COLUMN, pa.string()),
-]
+SPACE_SCHEMA = [*PROVENANCE_FIELDS, (CONFIG_COLUMN, pa.string())]
 IDENTITY_SCHEMA = [
     ("image_path", pa.string()),
     ("caption", pa.string()),

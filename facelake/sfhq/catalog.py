@@ -44,19 +44,13 @@ from facelake.sfhq.landmarks import LANDMARKS_SCHEMA
 from facelake.sfhq.layout import INDEX_SCHEMA, PROBLEMS_SCHEMA
 from facelake.sfhq.segmentation import SEGMENTATION_SCHEMA
 from facelake.sfhq.settings import PARTS
+from facelake.vectors.spaces import PROVENANCE_FIELDS
 
 PAIRS_FILE = "near_duplicate_pairs.parquet"
 """The pairs of images whose features exceed the near-duplicate threshold (in ``clip_features``)."""
 STAGES = (INDEX, LANDMARKS, SEGMENTATIONS, CLIP_FEATURES, FACE_EMBEDDINGS)
 """The artifacts that write a ``problems.parquet``."""
 
-_SPACE = [  # facelake.faces.identity.PROVENANCE_COLUMNS with their types
-    ("embedder_name", pa.string()),
-    ("embedder_dimension", pa.int64()),
-    ("embedder_weights_sha256", pa.string()),
-    ("embedder_random_init", pa.bool_()),
-    ("embedder_same_identity_cosine_distance", pa.float64()),
-]
 FEATURES_METADATA_SCHEMA = pa.schema(
     [
         ("image_path", pa.string()),
@@ -65,7 +59,7 @@ FEATURES_METADATA_SCHEMA = pa.schema(
         ("SAMPLE_ID", pa.int64()),
         ("width", pa.int32()),
         ("height", pa.int32()),
-        *_SPACE,
+        *PROVENANCE_FIELDS,
         ("embedder_config", pa.string()),
         ("name", pa.string()),
     ]
@@ -87,7 +81,7 @@ FACE_EMBEDDINGS_SCHEMA = pa.schema(
         ("face_score", pa.float32()),
         ("faces_detected", pa.int32()),
         ("embedding", pa.list_(pa.float32())),
-        *_SPACE,
+        *PROVENANCE_FIELDS,
     ]
 )
 

@@ -24,14 +24,16 @@ import pyarrow as pa
 
 from facelake.lake.errors import FacelakeError
 
-PROVENANCE_COLUMNS = (
-    "embedder_name",
-    "embedder_dimension",
-    "embedder_weights_sha256",
-    "embedder_random_init",
-    "embedder_same_identity_cosine_distance",
-)
-"""The provenance columns every embedding row carries."""
+PROVENANCE_FIELDS = [
+    ("embedder_name", pa.string()),
+    ("embedder_dimension", pa.int64()),
+    ("embedder_weights_sha256", pa.string()),
+    ("embedder_random_init", pa.bool_()),
+    ("embedder_same_identity_cosine_distance", pa.float64()),
+]
+"""The provenance columns every embedding row carries, with their Arrow types."""
+PROVENANCE_COLUMNS = tuple(name for name, _ in PROVENANCE_FIELDS)
+"""Their names."""
 CONFIG_COLUMN = "embedder_config"
 """The optional provenance column of embedders whose space depends on a configuration (canonical JSON)."""
 _SPACE_KEYS = ("embedder_name", "embedder_dimension", "embedder_weights_sha256")

@@ -248,6 +248,7 @@ def started_on_from_events(instance: Any, run_id: str, step_key: str) -> tuple[s
             continue
         if event.event_type == DagsterEventType.STEP_START:
             pid = event.pid
+            continue
         data = event.engine_event_data
         if data is not None and "Celery worker" in data.metadata:
             worker = str(data.metadata["Celery worker"].value)

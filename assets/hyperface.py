@@ -28,8 +28,9 @@ from dagster import (
 )
 
 from assets.areas import area_definitions
+from assets.hyperface_images import hyperface_images_job, images_asset
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
-from assets.pools import cpu_asset, gpu_asset
+from assets.pools import GPU_RUN_TAGS, cpu_asset, gpu_asset
 from facelake.faces.identity import EmbedderProfile
 from facelake.hyperface.references import (
     PLOT_FILE,
@@ -64,8 +65,13 @@ def hyperface_variants(settings: FacelakeSettings) -> StaticPartitionsDefinition
 
 
 def hyperface_assets(settings: FacelakeSettings) -> list[AssetsDefinition]:
-    """The gallery and the per-variant reference embeddings (with their min-angle check) for ``settings``."""
-    return [gallery_asset(settings), reference_embeddings_asset(settings)]
+    """The gallery, the per-variant reference embeddings (with their min-angle check) and images."""
+    variants = hyperface_variants(settings)
+    return [
+        gallery_asset(settings),
+        reference_embeddings_asset(settings),
+        images_asset(settings, GROUP, REFERENCE, variants),
+    ]
 
 
 def gallery_asset(settings: FacelakeSettings) -> AssetsDefinition:
@@ -218,6 +224,7 @@ def _limit_cpu_threads(settings: FacelakeSettings) -> None:
 hyperface_reference_job = define_asset_job(
     "hyperface_reference_job",
     selection=AssetSelection.assets(REFERENCE),
+    tags=GPU_RUN_TAGS,
     description="HyperFace reference embeddings of one variant (partition key = variant name from "
     "hyperface.variants; GPU step: pool 'gpu', celery queue 'gpu'), with the blocking minimum-angle check. "
     "Materialize hyperface_gallery first.",
@@ -226,4 +233,4 @@ hyperface_reference_job = define_asset_job(
 
 def definitions(settings: FacelakeSettings) -> Definitions:
     """The HyperFace area for ``settings``."""
-    return area_definitions(hyperface_assets(settings), jobs=[hyperface_reference_job])
+    return area_definitions(hyperface_assets(settings), jobs=[hyperface_reference_job, hyperface_images_job])

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from facelake.clip.settings import ClipSettings
 from facelake.clusters.settings import ClusteringSettings
+from facelake.generation.settings import GenerationSettings
 from facelake.hyperface.settings import HyperfaceSettings
 from facelake.laion.download_options import DownloadSettings
 from facelake.laion.formats import LAION_20M_PARTS, LAION_PARTS
@@ -47,6 +48,10 @@ class FacelakeSettings(BaseSettings):
     hyperface: HyperfaceSettings = Field(default_factory=HyperfaceSettings)
     sfhq: SfhqSettings = Field(default_factory=SfhqSettings)
     clip: ClipSettings = Field(default_factory=ClipSettings)
+    generation: GenerationSettings = Field(
+        default_factory=GenerationSettings,
+        description="HyperFace image generation defaults; a variant's ``generation`` overrides them",
+    )
 
     @field_validator("root", "sources")
     @classmethod
@@ -69,6 +74,20 @@ class FacelakeSettings(BaseSettings):
         if path is not None:
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
         return tuple(sources)
+
+    @model_validator(mode="after")
+    def _variant_generation(self) -> FacelakeSettings:
+        for name in self.hyperface.variants:
+            self.generation_for(name)  # a bad override fails here, at load time, naming the variant
+        return self
+
+    def generation_for(self, variant: str) -> GenerationSettings:
+        """The generation settings of HyperFace variant ``variant``: the defaults with its overrides."""
+        overrides = self.hyperface.variants[variant].generation
+        try:
+            return GenerationSettings.model_validate({**self.generation.model_dump(), **overrides})
+        except ValueError as error:
+            raise ValueError(f"hyperface.variants.{variant}.generation: {error}") from None
 
     def storage(self) -> Storage:
         return Storage(self.root, self.s3.options())

@@ -18,9 +18,8 @@ from PIL import Image, ImageEnhance
 
 from facelake.celebahq import dataset as celebahq
 from facelake.lake.storage import Storage
-from synthetic.face_photos import encode_jpeg, face_box, real_faces
+from synthetic.face_photos import PEOPLE, encode_jpeg, face_box, real_faces
 
-PEOPLE = ("astronaut", "grace_hopper")
 NO_FACE = "no_face.jpg"
 
 

@@ -43,6 +43,9 @@ class FaceCrop:
     quality: int
 
 
+PEOPLE = ("astronaut", "grace_hopper")
+"""The two real people whose photos ship offline (scikit-image's astronaut, SciPy's Grace Hopper)."""
+
 _ANNOTATIONS = {
     "astronaut": (
         (180.0, 72.0, 270.0, 182.0),

@@ -33,10 +33,9 @@ import numpy as np
 from PIL import Image, ImageEnhance
 
 from facelake.lake.storage import Storage
-from synthetic.face_photos import encode_jpeg, face_box, real_faces
+from synthetic.face_photos import PEOPLE, encode_jpeg, face_box, real_faces
 from synthetic.laion_pth import Numpy1Pickler, write_malicious_pickle
 
-PEOPLE = ("astronaut", "grace_hopper")
 GRID = 256
 SCALE = 4
 SIZE = GRID * SCALE

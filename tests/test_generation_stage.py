@@ -123,12 +123,16 @@ def test_a_run_killed_mid_variant_resumes_without_regenerating_committed_shards(
 
     def killed_after_first_shard(message: str) -> None:
         logged.append(message)
-        raise KeyboardInterrupt("killed")  # the process dies after shard 0 committed
+        if message.startswith("shards/"):
+            raise KeyboardInterrupt("killed")  # the process dies after shard 0 committed
 
     with pytest.raises(KeyboardInterrupt):
         commit(local_storage, generator, log=killed_after_first_shard)
     assert artifact.manifest() is None
-    assert len(logged) == 1 and logged[0].startswith("shards/00000: 6 rows")
+    shard_lines = [m for m in logged if m.startswith("shards/")]
+    assert len(shard_lines) == 1 and shard_lines[0].startswith("shards/00000: 6 rows")
+    progress = [m for m in logged if m.startswith("generation hyperface_images[")]
+    assert progress and "/15 images" in progress[0] and "ETA" in progress[0], "progress: done/total, ETA"
     tar0 = artifact.uri("shards/00000.tar")
     first = local_storage.read_bytes(tar0)
     stamp = local_storage.fs.info(tar0)["mtime"]

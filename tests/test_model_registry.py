@@ -19,9 +19,9 @@ from facelake.models.registry import CATALOGUE, ModelNotFoundError, ModelRegistr
 from facelake.models.retinaface_import import SIDECAR_FILENAME, WEIGHTS_FILENAME
 from facelake.settings import load_settings
 from resources.models import ModelRegistryResource
+from synthetic.arcface_tiny import build_test_arcface
 from synthetic.face_photos import face_box, real_faces
 from synthetic.image_server import ImageServer
-from tests.test_identity import build_test_arcface
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "FACELAKE_OFFLINE")
 

@@ -27,10 +27,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from facelake.lake.commit import FileEntry, PartitionArtifact
+from facelake.lake.commit import Attempt, FileEntry, PartitionArtifact
 from facelake.lake.errors import InputError
 from facelake.lake.hashing import combine_hashes
-from facelake.lake.shard_stage import read_stage_table, shard_name
+from facelake.lake.shard_stage import DONE_SUFFIX, read_stage_table, shard_name
 from facelake.lake.storage import Storage
 from facelake.lake.webdataset_reader import ImageShard
 
@@ -158,6 +158,45 @@ def tar_is_whole(storage: Storage, prefix: str, record: TarRecord) -> bool:
         return storage.size(f"{prefix}/{record.path}") == record.size
     except FileNotFoundError:
         return False
+
+
+def drop_incomplete_tar_shards(
+    attempt: Attempt, shard_ids: Sequence[int], out_dir: str = OUT_DIR
+) -> list[int]:
+    """Drop the shard manifest of every committed shard whose tar is missing or truncated, so the shard stage
+    redoes it; returns those shard ids."""
+    storage, prefix = attempt.artifact.storage, attempt.artifact.prefix
+    dropped = []
+    for shard_id in sorted(shard_ids):
+        done = f"{prefix}/{out_dir}/{shard_name(shard_id)}{DONE_SUFFIX}"
+        parquet = f"{prefix}/{out_dir}/{shard_name(shard_id)}.parquet"
+        if not storage.exists(done):
+            continue
+        try:
+            whole = tar_is_whole(storage, prefix, index_tar_record(storage, parquet))
+        except (InputError, FileNotFoundError):
+            whole = False
+        if not whole:
+            storage.rm(done, recursive=False)
+            dropped.append(shard_id)
+    return dropped
+
+
+def committed_tar_entries(attempt: Attempt, files: Sequence[FileEntry]) -> list[FileEntry]:
+    """The tar of every committed shard index among ``files`` (a shard stage's), as its index records it,
+    checked present and whole."""
+    storage, prefix = attempt.artifact.storage, attempt.artifact.prefix
+    entries = []
+    for entry in files:
+        if not entry.path.endswith(".parquet"):
+            continue
+        record = index_tar_record(storage, f"{prefix}/{entry.path}")
+        if not tar_is_whole(storage, prefix, record):
+            raise InputError(
+                f"{prefix}/{record.path}", "shard tar missing or truncated after its shard committed"
+            )
+        entries.append(record.entry())
+    return entries
 
 
 def committed_tars(artifact: PartitionArtifact) -> dict[int, str]:

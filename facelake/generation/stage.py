@@ -37,11 +37,11 @@ from facelake.generation.shards import (
     INDEX_SCHEMA,
     OUT_DIR,
     TarBuilder,
+    committed_tar_entries,
+    drop_incomplete_tar_shards,
     encode_jpeg,
     image_key,
-    index_tar_record,
     sample_json,
-    tar_is_whole,
     tar_name,
     with_tar_metadata,
 )
@@ -49,13 +49,12 @@ from facelake.generation.space import check_identity_space
 from facelake.lake.commit import (
     Attempt,
     CommitOutcome,
-    FileEntry,
     PartitionArtifact,
     Written,
     materialize_partition,
 )
-from facelake.lake.errors import InputError
-from facelake.lake.shard_stage import DONE_SUFFIX, ShardStageResult, run_shard_stage, shard_name
+from facelake.lake.progress import Progress
+from facelake.lake.shard_stage import ShardStageResult, run_shard_stage
 
 
 @dataclass(frozen=True)
@@ -100,6 +99,8 @@ class GenerationCounter:
     batches: int = 0
     generate_seconds: float = 0.0
     shard_seconds: float = 0.0
+    progress: Progress | None = None
+    """Advanced by every rendered batch's images, when given (run-log lines every 5 % or 30 s)."""
 
     def images_per_second(self) -> float:
         """Images per second over whole shards (generation, JPEG encoding, writing)."""
@@ -153,6 +154,8 @@ def generate_shard(
         if counter is not None:
             counter.generate_seconds += rendered.seconds
             counter.batches += 1
+            if counter.progress is not None:
+                counter.progress.advance(len(rendered.images))
         batch = rendered.requests
         reference = identities.embeddings[batch.rows].astype(np.float64)
         cosines = np.einsum("ij,ij->i", reference, rendered.vectors.astype(np.float64)).tolist()
@@ -237,25 +240,6 @@ class GenerationResult:
         return facts
 
 
-def _verify_committed_tars(attempt: Attempt, shards: Mapping[int, IdentityShard]) -> list[int]:
-    """Drop the shard manifest of every committed shard whose tar is missing or truncated (redo it)."""
-    storage, prefix = attempt.artifact.storage, attempt.artifact.prefix
-    dropped = []
-    for shard_id in sorted(shards):
-        done = f"{prefix}/{OUT_DIR}/{shard_name(shard_id)}{DONE_SUFFIX}"
-        parquet = f"{prefix}/{OUT_DIR}/{shard_name(shard_id)}.parquet"
-        if not storage.exists(done):
-            continue
-        try:
-            whole = tar_is_whole(storage, prefix, index_tar_record(storage, parquet))
-        except (InputError, FileNotFoundError):
-            whole = False
-        if not whole:
-            storage.rm(done, recursive=False)
-            dropped.append(shard_id)
-    return dropped
-
-
 def commit_generated_images(
     artifact: PartitionArtifact,
     identities: ReferenceIdentities,
@@ -287,7 +271,9 @@ def commit_generated_images(
         "identities_fingerprint": identities.fingerprint(),
         **dict(run_config or {}),
     }
-    counter = GenerationCounter()
+    total = len(identities) * options.images_per_identity
+    progress = Progress(f"generation hyperface_images[{identities.variant}]", total, log, unit="images")
+    counter = GenerationCounter(progress=progress)
     stage: dict[str, Any] = {}
     contact: list[bytes] = []
 
@@ -298,7 +284,7 @@ def commit_generated_images(
         return with_tar_metadata(table, relative, data)
 
     def write(attempt: Attempt) -> Written:
-        redone = _verify_committed_tars(attempt, shards)
+        redone = drop_incomplete_tar_shards(attempt, sorted(shards))
         if redone and log:
             log(f"shards {redone}: committed tar missing or truncated, regenerating")
         result: ShardStageResult = run_shard_stage(
@@ -310,7 +296,7 @@ def commit_generated_images(
             fingerprint=lambda i: shards[i].fingerprint,
             log=log,
         )
-        files = list(result.files) + _tar_entries(attempt, result)
+        files = list(result.files) + committed_tar_entries(attempt, result.files)
         uris = [artifact.uri(f"{OUT_DIR}/{tar_name(i)}") for i in sorted(shards)]
         png = contact_sheet_from_tars(
             artifact.storage,
@@ -350,24 +336,10 @@ def commit_generated_images(
         lease_ttl_s=lease_ttl_s,
         keep=(f"{OUT_DIR}/",),
     )
+    if counter.images:
+        progress.finish()
     sheet = contact[0] if contact else _committed_sheet(artifact)
     return GenerationResult(outcome, counter, generator.provenance(), sheet, stage)
-
-
-def _tar_entries(attempt: Attempt, result: ShardStageResult) -> list[FileEntry]:
-    """The tar of every committed shard, as its index records it (checked present and whole)."""
-    storage, prefix = attempt.artifact.storage, attempt.artifact.prefix
-    entries = []
-    for entry in result.files:
-        if not entry.path.endswith(".parquet"):
-            continue
-        record = index_tar_record(storage, f"{prefix}/{entry.path}")
-        if not tar_is_whole(storage, prefix, record):
-            raise InputError(
-                f"{prefix}/{record.path}", "generated tar missing or truncated after its shard committed"
-            )
-        entries.append(record.entry())
-    return entries
 
 
 def _committed_sheet(artifact: PartitionArtifact) -> bytes | None:

@@ -32,7 +32,9 @@ class HyperfaceVariant(BaseModel):
     """One named packing run (a partition key): N identities in the gallery's space (d from the gallery).
 
     ``packing`` passes further ``facelake.hyperface.packing.PackingConfig`` fields (learning_rate, lr_decay,
-    gallery_sample, against_all, screen, checkpoint_every, ...) through unchanged."""
+    gallery_sample, against_all, screen, checkpoint_every, ...) through unchanged; ``generation`` overrides the
+    deployment's ``generation`` settings (``facelake.generation.settings.GenerationSettings``:
+    images_per_identity, beta, few_step, steps, ...) for this variant's images."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -48,6 +50,10 @@ class HyperfaceVariant(BaseModel):
         20.0, ge=0.0, le=180.0, description="asset check: the packed minimum pairwise angle must reach this"
     )
     packing: dict[str, Any] = Field(default_factory=dict)
+    generation: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per-variant overrides of the generation settings (images, beta, ...)",
+    )
 
 
 def _default_hyperface_variants() -> dict[str, HyperfaceVariant]:

@@ -41,6 +41,7 @@ from facelake.lake.commit import (
 from facelake.lake.errors import InputError
 from facelake.lake.hashing import config_hash
 from facelake.lake.storage import Storage
+from facelake.lake.tables import write_parquet
 
 DONE_SUFFIX = ".done.json"
 _STAGE_FILE = re.compile(r"^(\d+)(\.parquet|\.done\.json)$")
@@ -180,7 +181,7 @@ def _process_shard(
     table = process(shard_id)
     if not isinstance(table, pa.Table):
         raise TypeError(f"shard {shard_id}: process returned {type(table).__name__}, not a pyarrow Table")
-    record = _write_parquet(storage, parquet_uri, table) | expected
+    record = write_parquet(storage, parquet_uri, table) | expected
     record |= {
         "shard_id": shard_id,
         "seconds": round(time.perf_counter() - started, 3),
@@ -199,15 +200,6 @@ def _is_current(storage: Storage, record: dict[str, Any], expected: dict[str, An
         return storage.size(parquet_uri) == record.get("size")
     except FileNotFoundError:
         return False
-
-
-def _write_parquet(storage: Storage, uri: str, table: pa.Table) -> dict[str, Any]:
-    """Write a table as one object (atomic on local disk); returns its rows, size and sha256."""
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    data = sink.getvalue().to_pybytes()
-    storage.write_bytes(uri, data)
-    return {"rows": table.num_rows, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def read_stage_table(

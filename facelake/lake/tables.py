@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import Any
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -23,3 +26,12 @@ def read_input_parquet(storage: Storage, uri: str, what: str = "parquet table") 
         raise InputError(uri, f"{what} not found") from exc
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputError(uri, f"not a readable parquet file: {exc}") from exc
+
+
+def write_parquet(storage: Storage, uri: str, table: pa.Table) -> dict[str, Any]:
+    """Write a table as one parquet object (atomic on local disk); returns its ``rows``, ``size`` and ``sha256``."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    data = sink.getvalue().to_pybytes()
+    storage.write_bytes(uri, data)
+    return {"rows": table.num_rows, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

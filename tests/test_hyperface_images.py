@@ -210,5 +210,8 @@ def test_without_generator_weights_the_asset_says_what_to_provide(
     result = run([IMAGES], instance, VARIANT, raise_on_error=False)
     assert not result.success
     text = step_failure_text(result)
-    assert "no generator weights" in text and "the Arc2Face generator needs stable-diffusion-v1-5, arc2face" in text
+    assert (
+        "no generator weights" in text
+        and "the Arc2Face generator needs stable-diffusion-v1-5, arc2face" in text
+    )
     assert images_artifact(load_settings().storage(), VARIANT).manifest() is None, "nothing committed"

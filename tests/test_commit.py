@@ -158,3 +158,53 @@ def test_live_lease_on_another_host_is_respected(local_storage: Storage):
     )
     with pytest.raises(PartitionLockedError, match="remote-run"):
         materialize_partition(part, {}, "v1", "local-run", lambda a: Written([]))
+
+
+def _live_lease(part: PartitionArtifact, pid: int, process: str | None) -> None:
+    import socket
+
+    part.storage.write_json(
+        part.lease_uri,
+        {
+            "owner": "holder",
+            "host": socket.gethostname(),
+            "pid": pid,
+            "acquired_at": 0.0,
+            "expires_at": 4_102_444_800.0,
+            "process": process,
+        },
+    )
+
+
+def test_a_reused_pid_is_not_mistaken_for_the_lease_holder(local_storage: Storage):
+    """The pid is alive (this process) but its boot id / start time is not the holder's: taken over."""
+    import os
+
+    from facelake.lake.commit import process_identity
+
+    part = PartitionArtifact(local_storage, "demo", "things", "00000")
+    mine = process_identity(os.getpid())
+    assert mine is not None and mine.count(":") == 1
+    _live_lease(part, os.getpid(), mine.split(":")[0] + ":1")  # same boot, another start time
+    outcome = materialize_partition(part, {}, "v1", "rerun", lambda a: Written([write_text(a, "x", "y")]))
+    assert not outcome.reused and part.manifest() is not None
+
+
+def test_a_live_holder_with_its_own_identity_is_respected(local_storage: Storage):
+    import subprocess
+    import sys
+
+    from facelake.lake.commit import process_identity
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        part = PartitionArtifact(local_storage, "demo", "things", "00000")
+        _live_lease(part, holder.pid, process_identity(holder.pid))
+        with pytest.raises(PartitionLockedError, match="holder"):
+            materialize_partition(part, {}, "v1", "second", lambda a: Written([]))
+        _live_lease(part, holder.pid, None)  # an older lease without identity: the live pid is respected
+        with pytest.raises(PartitionLockedError, match="holder"):
+            materialize_partition(part, {}, "v1", "second", lambda a: Written([]))
+    finally:
+        holder.kill()
+        holder.wait()

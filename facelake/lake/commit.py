@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from facelake.lake.errors import PartitionLockedError
@@ -78,6 +79,9 @@ class Lease:
     pid: int
     acquired_at: float
     expires_at: float
+    process: str | None = None
+    """The holder's boot id and process start time (Linux), so a pid reused after the holder died, or a
+    reboot, is not mistaken for the holder; None where unknown (older leases, other systems)."""
 
     def expired(self, now: float | None = None) -> bool:
         return (now if now is not None else time.time()) >= self.expires_at
@@ -238,7 +242,9 @@ def acquire_lease(storage: Storage, uri: str, owner: str, ttl_s: float) -> Lease
     (a killed run); raise if another owner holds it."""
     for _ in range(3):
         now = time.time()
-        lease = Lease(owner, socket.gethostname(), os.getpid(), now, now + ttl_s)
+        lease = Lease(
+            owner, socket.gethostname(), os.getpid(), now, now + ttl_s, process_identity(os.getpid())
+        )
         if storage.create_exclusive(uri, _lease_bytes(lease)):
             return lease
         try:
@@ -259,8 +265,21 @@ def acquire_lease(storage: Storage, uri: str, owner: str, ttl_s: float) -> Lease
     raise PartitionLockedError(f"{uri}: could not acquire the lease (contended)")
 
 
+def process_identity(pid: int) -> str | None:
+    """``<boot id>:<start time in clock ticks>`` of process ``pid`` (Linux /proc), None where unreadable: the
+    same pid after a reboot or after the pid was reused has another identity."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # after "pid (comm)": field 3 onward; starttime is field 22
+    return f"{boot}:{fields[19]}" if len(fields) > 19 else None
+
+
 def _holder_is_gone(lease: Lease) -> bool:
-    """The lease was taken on this host by a process that no longer exists (killed before releasing it)."""
+    """The lease was taken on this host by a process that no longer exists (killed before releasing it), or
+    whose pid now belongs to another process (reused, or the host rebooted)."""
     if lease.host != socket.gethostname():
         return False
     try:
@@ -268,8 +287,11 @@ def _holder_is_gone(lease: Lease) -> bool:
     except ProcessLookupError:
         return True
     except OSError:
-        return False  # alive but not ours to signal
-    return False
+        pass  # alive but not ours to signal: compare identities
+    if lease.process is None:
+        return False
+    current = process_identity(lease.pid)
+    return current is not None and current != lease.process
 
 
 def release_lease(storage: Storage, uri: str, owner: str) -> None:

@@ -24,6 +24,9 @@ from dagster import (
 from assets.materializing import Commit, Plan, Step, code_version, committed_asset
 from assets.pools import ArtifactFor, gpu_asset
 from facelake.clusters.identity_clusters import (
+    ASSIGNMENTS_FILE,
+    CENTROIDS_FILE,
+    PLOT_FILE,
     EmbeddingInput,
     IdentityClusters,
     assignments_table,
@@ -43,9 +46,6 @@ from facelake.lake.plots import png_markdown
 from facelake.lake.storage import Storage
 
 CENTROID_CHECK = "members_near_centroid"
-PLOT_FILE = "nn_similarity.png"
-ASSIGNMENTS_FILE = "assignments.parquet"
-CENTROIDS_FILE = "centroids.parquet"
 
 Export = Callable[[Storage, str, Attempt, EmbeddingInput, IdentityClusters], list[FileEntry]]
 """Extra output files of a clustering (e.g. a dataset card's layout), written into the same attempt."""
@@ -139,6 +139,7 @@ def identity_clusters_asset(
                 min_samples=settings.min_samples,
                 screen=settings.screen,
                 block=settings.block,
+                progress=context.log.info,
             )
             context.log.info(f"eps {clusters.eps.eps} ({clusters.eps.detail}): {clusters.summary()}")
             cosines = clusters.neighbours.cosine if clusters.neighbours is not None else np.zeros(0)

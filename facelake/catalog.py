@@ -8,17 +8,35 @@ from __future__ import annotations
 
 import duckdb
 
+from facelake.celebahq.catalog import CELEBAHQ, CLUSTER_ID_FIELDS
 from facelake.clip.catalog import CLIP
+from facelake.clusters.catalog import identity_clusters_section
+from facelake.faces.stages import FACE_ID_FIELDS
+from facelake.generation.shards import INDEX_SCHEMA as GENERATED_IMAGES_SCHEMA
+from facelake.hyperface.catalog import hyperface_section
 from facelake.laion.catalog import LAION_FACE, REPORT_SQL, run_report
+from facelake.laion.formats import LAION_PARTS
 from facelake.lake import catalog as lake_catalog
 from facelake.lake.catalog import SQL_DIR_ENV, CommittedPartition, describe, query, sql_path
 from facelake.lake.storage import Storage
 from facelake.sfhq.catalog import SFHQ
 
-SECTIONS = (LAION_FACE, CLIP, SFHQ)
-"""Every section of the catalog, in view-creation order."""
+SECTIONS = (
+    LAION_FACE,
+    identity_clusters_section(LAION_FACE.dataset, FACE_ID_FIELDS, tuple(LAION_PARTS)),
+    CELEBAHQ,
+    identity_clusters_section(CELEBAHQ.dataset, CLUSTER_ID_FIELDS),
+    hyperface_section(GENERATED_IMAGES_SCHEMA),
+    CLIP,
+    SFHQ,
+)
+"""Every section of the catalog, in view-creation order: each dataset's own, and the identity clusters' views
+over the datasets whose embeddings are clustered (LAION-Face parts, CelebA-HQ)."""
+EMPTY_WITHOUT_GENERATOR = ("hyperface_images",)
+"""Views that stay empty unless generator weights are configured (their view comments say so)."""
 
 __all__ = [
+    "EMPTY_WITHOUT_GENERATOR",
     "REPORT_SQL",
     "SECTIONS",
     "SQL_DIR_ENV",

@@ -84,3 +84,13 @@ FROM {near_duplicates_groups};
 CREATE OR REPLACE VIEW clip_near_duplicates_pairs AS
 SELECT * EXCLUDE (filename), clip_key(filename, 1) AS asset, clip_key(filename, 2) AS part
 FROM {near_duplicates_pairs};
+
+COMMENT ON VIEW clip_embeddings_metadata IS
+    'One row per CLIP-embedded image (clip-retrieval metadata) with its embedding space; vectors in img_emb_<shard_id>.npy';
+COMMENT ON VIEW clip_spaces IS 'One row per committed CLIP embeddings partition: its space, random weights or not, images';
+COMMENT ON VIEW clip_index IS 'One row per CLIP search index partition: exact or faiss, why, and the measured recall';
+COMMENT ON VIEW clip_index_probe_hits IS 'The hits of the probe prompts shown on the CLIP index''s contact sheets';
+COMMENT ON VIEW clip_near_duplicates_keep IS 'The CLIP near-duplicate keep-list: one row per kept image';
+COMMENT ON VIEW clip_near_duplicates_groups IS 'Every image in a group of CLIP near-duplicates, kept or not';
+COMMENT ON VIEW clip_near_duplicates_pairs IS
+    'Every pair of images whose CLIP similarity exceeds the near-duplicate threshold (empty when none does)';

@@ -41,3 +41,35 @@ SELECT
     * EXCLUDE (filename) REPLACE (CAST(box AS FLOAT[4]) AS box, CAST(landmarks AS FLOAT[10]) AS landmarks),
     laion_face_part(filename) AS part
 FROM {detections_source};
+
+-- Our own RetinaFace detections of the downloaded images (laion_face_detected), one row per face: the columns
+-- of laion_face_detections plus detector and threshold, and shard_id (the webdataset shard the image is in).
+-- Boxes and landmarks are in original pixels.
+CREATE OR REPLACE VIEW laion_face_detected AS
+SELECT
+    * EXCLUDE (filename) REPLACE (CAST(box AS FLOAT[4]) AS box, CAST(landmarks AS FLOAT[10]) AS landmarks),
+    laion_face_part(filename) AS part,
+    CAST(regexp_extract(filename, '/([0-9]+)\.parquet$', 1) AS INTEGER) AS shard_id
+FROM {detected_source};
+COMMENT ON VIEW laion_face_detected IS
+    'Our RetinaFace detections of the downloaded images (laion_face_detected), one row per face';
+
+-- Identity embeddings of the faces in laion_face_detected (laion_face_embeddings), one row per face:
+-- sample_id, key, face_index, embedding (unit float32 vector, its length the embedder's dimension), the
+-- embedder's provenance (embedder_name, embedder_dimension, embedder_weights_sha256, embedder_random_init,
+-- embedder_same_identity_cosine_distance), and shard_id. Joins laion_face_detected on
+-- (part, sample_id, face_index).
+CREATE OR REPLACE VIEW laion_face_embeddings AS
+SELECT
+    * EXCLUDE (filename),
+    laion_face_part(filename) AS part,
+    CAST(regexp_extract(filename, '/([0-9]+)\.parquet$', 1) AS INTEGER) AS shard_id
+FROM {embeddings_source};
+COMMENT ON VIEW laion_face_embeddings IS
+    'Identity embeddings (unit vectors with the embedder''s provenance) of the faces in laion_face_detected';
+
+COMMENT ON VIEW laion_face_meta IS 'The LAION-Face rows of laion400m-meta of each committed part';
+COMMENT ON VIEW laion_face_samples IS
+    'One row per SAMPLE_ID per part: the download''s final status (success, failed_to_download, failed_to_resize, opted_out)';
+COMMENT ON VIEW laion_face_download IS 'img2dataset''s rows of the committed shards, one per download attempt';
+COMMENT ON VIEW laion_face_detections IS 'The released LAION-Face detections, one row per face';

@@ -105,3 +105,15 @@ SELECT
     coalesce(problems.face_embeddings_problems, 0) AS face_embeddings_problems
 FROM names LEFT JOIN problems USING (part)
 ORDER BY part;
+
+COMMENT ON VIEW sfhq_index IS 'One row per name seen in any folder of an SFHQ part, with a flag per modality';
+COMMENT ON VIEW sfhq_problems IS
+    'Every SFHQ file a stage could not use, by name, kind and reason (empty when every file was usable)';
+COMMENT ON VIEW sfhq_landmarks IS 'The 110 landmarks, face box, validity and eye-line measures of each SFHQ image';
+COMMENT ON VIEW sfhq_segmentations IS 'Class fractions, eye centroids, roll and hairline measures of each SFHQ face-parsing map';
+COMMENT ON VIEW sfhq_clip_features IS 'The shipped CLIP features of each SFHQ image (clip-retrieval metadata and space)';
+COMMENT ON VIEW sfhq_near_duplicates IS
+    'Pairs of SFHQ images whose features exceed the near-duplicate threshold (empty when SFHQ''s claim of none holds)';
+COMMENT ON VIEW sfhq_face_embeddings IS 'Identity embedding of the largest face of each SFHQ image, with the provenance';
+COMMENT ON VIEW sfhq_no_face IS 'SFHQ images in which the detector found no face (empty when every image has one)';
+COMMENT ON VIEW sfhq_parts IS 'Per committed SFHQ part: names, complete images and problems by stage';

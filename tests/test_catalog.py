@@ -7,18 +7,31 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from dagster import DagsterInstance, TableMetadataValue
 
 from facelake import catalog
 from facelake.catalog import describe, open_catalog, query, refresh, run_report
+from facelake.celebahq import dataset as celebahq
+from facelake.clusters.identity_clusters import (
+    assignments_table,
+    centroids_table,
+    cluster_identities,
+    write_parquet,
+)
 from facelake.faces.detection_table import detections_table
+from facelake.faces.identity import EmbedderProfile, embedding_table
+from facelake.faces.primary import face_columns
+from facelake.hyperface import references as hyperface
+from facelake.hyperface.references import assemble_gallery
 from facelake.laion import artifacts
-from facelake.lake.commit import PartitionArtifact
+from facelake.lake.commit import PartitionArtifact, Written, materialize_partition
 from facelake.lake.errors import InputError
 from facelake.lake.storage import S3Options, Storage
 from resources.catalog import CatalogResource, table_metadata
+from synthetic.identities import synthetic_identities
 from synthetic.image_server import ImageServer
 from synthetic.world import LaionWorld, WorldSpec, build_laion_world, write_config
 from tests.conftest import S3_KEY, S3_SECRET
@@ -50,6 +63,11 @@ class Lake:
 @pytest.fixture(scope="module", params=["local", "s3"])
 def lake(request, tmp_path_factory) -> Lake:
     """Part 00000 materialized ONCE per storage for the whole module, on the offline world."""
+    return materialized_part(request, tmp_path_factory)
+
+
+def materialized_part(request, tmp_path_factory) -> Lake:
+    """Part 00000 of the offline world materialized on local disk or S3 (``request.param``)."""
     base = tmp_path_factory.mktemp(f"catalog_{request.param}")
     with ImageServer() as server, pytest.MonkeyPatch.context() as patch:
         world = build_laion_world(base / "world", server)
@@ -257,3 +275,175 @@ def test_sql_files_are_found_or_named(tmp_path, monkeypatch, local_storage):
     monkeypatch.setenv(catalog.SQL_DIR_ENV, str(tmp_path))
     with open_catalog(local_storage) as conn:
         assert run_report(conn).to_pylist() == [{"answer": 42}]
+
+
+# --- the face, cluster, CelebA-HQ and HyperFace views -----------------------------------------------------
+
+FACE_VIEWS = (
+    "laion_face_detected",
+    "laion_face_embeddings",
+    "laion_face_identity_clusters",
+    "laion_face_identity_centroids",
+    "celebahq_images",
+    "celebahq_face_embeddings",
+    "celebahq_no_face",
+    "celebahq_identity_clusters",
+    "celebahq_identity_centroids",
+    "hyperface_gallery",
+    "hyperface_reference_embeddings",
+    "hyperface_images",
+)
+PROFILE = EmbedderProfile("synthetic-16", 16, "0" * 64, True, 0.35)
+REFERENCE_SHARD_SIZE = 4
+
+
+def commit_tables(storage: Storage, where: tuple[str, str, str], tables: dict[str, pa.Table]) -> None:
+    """Commit ``tables`` (file name -> table) as one partition through the manifest-last protocol."""
+
+    def write(attempt):
+        entries = []
+        for name, table in tables.items():
+            write_parquet(storage, attempt.uri(name), table)
+            entries.append(attempt.entry(attempt.uri(name), rows=table.num_rows))
+        return Written(entries, rows=sum(t.num_rows for t in tables.values()))
+
+    materialize_partition(PartitionArtifact(storage, *where), {}, "1", "test", write)
+
+
+def commit_face_tables(storage: Storage) -> dict[str, int]:
+    """Tables built by the engine's own writers, committed where the face, cluster, CelebA-HQ and HyperFace
+    assets commit theirs; returns the rows each view must show."""
+    vectors = synthetic_identities(48, 16, samples=(2, 4), noise_fraction=0.1, seed=4).vectors
+    n, space = len(vectors), PROFILE.provenance()
+    rng = np.random.default_rng(0)
+    boxes, scores = rng.uniform(0, 100, (n, 4)).astype(np.float32), np.linspace(0.5, 0.99, n)
+    detected = detections_table(np.arange(n), boxes, rng.uniform(0, 100, (n, 5, 2)), scores)
+    detected = detected.append_column("detector", pa.array(["retinaface"] * n)).append_column(
+        "threshold", pa.array([0.5] * n, pa.float32())
+    )
+    face_ids = {
+        "sample_id": pa.array(np.arange(n), pa.int64()),
+        "key": pa.array([f"{i:09d}" for i in range(n)]),
+        "face_index": pa.array(np.zeros(n, np.int16)),
+    }
+    embedded = embedding_table(vectors, PROFILE, face_ids)
+    clusters = cluster_identities(vectors, space, eps_source="fixed", eps=0.35, block=16)
+    laion_assignments = assignments_table(pa.table(face_ids), clusters)
+    centroids = centroids_table(clusters, space)
+    laion = ("laion_face", "00000")
+    commit_tables(storage, (laion[0], "detected", laion[1]), {"shards/00000.parquet": detected})
+    commit_tables(storage, (laion[0], "embeddings", laion[1]), {"shards/00000.parquet": embedded})
+    commit_tables(
+        storage,
+        (laion[0], "identity_clusters", laion[1]),
+        {"assignments.parquet": laion_assignments, "centroids.parquet": centroids},
+    )
+
+    names = [f"{i:05d}.jpg" for i in range(n)]
+    index = pa.table(
+        {"file_name": [*names, "faceless.jpg"], "source_file": ["0000.parquet"] * (n + 1)}
+        | {"source_row": pa.array(np.arange(n + 1), pa.int64())},
+        schema=celebahq.INDEX_SCHEMA,
+    )
+    faces = face_columns("file_name", names, boxes, scores, np.ones(n, np.int32))
+    celebahq_embedded = embedding_table(vectors, PROFILE, faces)
+    no_face = pa.table(
+        {
+            "file_name": ["faceless.jpg"],
+            "source_file": ["0000.parquet"],
+            "source_row": [n],
+            "reason": ["none"],
+        },
+        schema=celebahq.NO_FACE_SCHEMA,
+    )
+    celebahq_assignments = assignments_table(pa.table(faces), clusters)
+    commit_tables(storage, ("celebahq", "images", "all"), {"index.parquet": index})
+    commit_tables(
+        storage,
+        ("celebahq", "face_embeddings", "all"),
+        {"embeddings.parquet": celebahq_embedded, "no_face.parquet": no_face},
+    )
+    commit_tables(  # the card's export writes an embeddings.parquet beside: not a view's file
+        storage,
+        ("celebahq", "identity_clusters", "all"),
+        {
+            "assignments.parquet": celebahq_assignments,
+            "centroids.parquet": centroids,
+            "embeddings.parquet": celebahq_embedded,
+        },
+    )
+
+    gallery = assemble_gallery([("laion_face_embeddings[00000]", embedded)])
+    commit_tables(storage, ("hyperface", "gallery", "all"), {"gallery.parquet": gallery.table})
+    identities = 10
+    shards = hyperface.reference_tables(vectors[:identities], "demo", space, REFERENCE_SHARD_SIZE)
+    commit_tables(
+        storage,
+        ("hyperface", "reference_embeddings", "demo"),
+        {hyperface.shard_file(shard): table for shard, table in shards},
+    )
+    return {
+        "laion_face_detected": n,
+        "laion_face_embeddings": n,
+        "laion_face_identity_clusters": n,
+        "laion_face_identity_centroids": clusters.identities,
+        "celebahq_images": n + 1,
+        "celebahq_face_embeddings": n,
+        "celebahq_no_face": 1,
+        "celebahq_identity_clusters": n,
+        "celebahq_identity_centroids": clusters.identities,
+        "hyperface_gallery": n,
+        "hyperface_reference_embeddings": identities,
+        "hyperface_images": 0,
+    }
+
+
+def test_empty_lake_has_the_face_cluster_and_hyperface_views(local_storage):
+    with open_catalog(local_storage) as conn:
+        counts = view_counts(conn)
+        assert {view: counts[view] for view in FACE_VIEWS} == dict.fromkeys(FACE_VIEWS, 0)
+        columns = {view: query(conn, f"SELECT * FROM {view}").column_names for view in FACE_VIEWS}
+    assert columns["laion_face_identity_clusters"][:4] == ["sample_id", "key", "face_index", "cluster_id"]
+    assert columns["celebahq_identity_clusters"][:2] == ["file_name", "face_box"]
+    assert {"embedding", "embedder_name", "part"} <= set(columns["laion_face_embeddings"])
+    assert {"identity_id", "noise_cosine", "generator_weights_sha256", "part"} <= set(
+        columns["hyperface_images"]
+    )
+
+
+def test_face_cluster_celebahq_and_hyperface_views_hold_the_committed_rows(any_storage):
+    expected = commit_face_tables(any_storage)
+    with open_catalog(any_storage) as conn:
+        assert {view: view_counts(conn)[view] for view in FACE_VIEWS} == expected
+        parts = {view: single_column(conn, f"SELECT DISTINCT part FROM {view}") for view in FACE_VIEWS}
+        joined = query(
+            conn,
+            "SELECT count(*) AS n, count(DISTINCT c.cluster_id) AS identities FROM laion_face_identity_clusters c "
+            "JOIN laion_face_embeddings e USING (part, sample_id, face_index) "
+            "JOIN laion_face_detected d USING (part, sample_id, face_index)",
+        ).to_pylist()
+        lengths = single_column(conn, "SELECT DISTINCT len(embedding) FROM laion_face_identity_centroids")
+        same = single_column(
+            conn,
+            "SELECT count(*) FROM laion_face_identity_clusters l JOIN celebahq_identity_clusters c "
+            "ON c.file_name = printf('%05d.jpg', l.sample_id) AND c.cluster_id = l.cluster_id",
+        )
+        variants = single_column(conn, "SELECT DISTINCT variant FROM hyperface_reference_embeddings")
+        shards = single_column(conn, "SELECT shard FROM hyperface_reference_embeddings GROUP BY 1 ORDER BY 1")
+        [comment] = single_column(
+            conn, "SELECT comment FROM duckdb_views() WHERE view_name = 'hyperface_images'"
+        )
+    assert parts == {
+        view: []
+        if view == "hyperface_images"
+        else ["00000"]
+        if view.startswith("laion")
+        else ["demo"]
+        if view == "hyperface_reference_embeddings"
+        else ["all"]
+        for view in FACE_VIEWS
+    }
+    n = expected["laion_face_embeddings"]
+    assert joined == [{"n": n, "identities": expected["laion_face_identity_centroids"]}]
+    assert lengths == [16] and same == [n] and variants == ["demo"] and shards == [0, 1, 2]
+    assert "Empty unless generator weights" in comment

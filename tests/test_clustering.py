@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from facelake.clusters.dbscan import (
     screening_margin,
     unit_norms,
 )
+from facelake.clusters.identity_clusters import cluster_identities
 from facelake.vectors.gram import select_backend
 from synthetic.identities import synthetic_identities
 
@@ -288,3 +290,40 @@ def test_screening_error_stays_within_margin(screen):
     error = np.abs(gram - unit @ unit.T).max()
     assert error <= margin < (0.02 if screen == "torch-bfloat16" else 1e-4)
     assert error > margin / 1000  # the bound is not absurdly loose
+
+
+PROGRESS_LINE = re.compile(
+    r"^(nearest-neighbour scan|DBSCAN scan): ([\d,]+)/([\d,]+) pairs \([\d.]+%\), .* ETA "
+)
+
+
+def test_both_block_scans_report_progress_to_the_end():
+    """cluster_identities reports its two block scans (nearest neighbours, then DBSCAN) through the callback:
+    done/total pairs, rate and ETA at least every 5 % of the pairs, the last line at done == total."""
+    n, block = 300, 16
+    data = synthetic_identities(n, 32, samples=(1, 6), noise_fraction=0.1, seed=5)
+    space = {"embedder_name": "synthetic", "embedder_same_identity_cosine_distance": 0.35}
+    lines: list[str] = []
+    clusters = cluster_identities(
+        data.vectors, space, eps_source="fixed", eps=0.35, block=block, progress=lines.append
+    )
+    assert clusters.dbscan.labels.shape == (n,)
+    total = n * (n - 1) // 2
+    parsed = [PROGRESS_LINE.match(line) for line in lines]
+    assert all(parsed), lines
+    for scan in ("nearest-neighbour scan", "DBSCAN scan"):
+        done = [int(m.group(2).replace(",", "")) for m in parsed if m.group(1) == scan]
+        totals = {int(m.group(3).replace(",", "")) for m in parsed if m.group(1) == scan}
+        assert totals == {total}, scan
+        assert done[-1] == total, f"{scan} ended at {done[-1]} of {total}"
+        steps = np.diff([0, *done])
+        assert (steps > 0).all() and steps.max() <= 0.05 * total + block * block, (scan, steps)
+    scans = [m.group(1) for m in parsed]
+    assert scans[0] == "nearest-neighbour scan" and scans[-1] == "DBSCAN scan"
+
+
+def test_a_two_row_scan_reports_its_one_pair_once():
+    lines: list[str] = []
+    result = dbscan_cosine(np.eye(2, 4), 0.5, 2, progress=lines.append)
+    assert result.labels.tolist() == [-1, -1]
+    assert len(lines) == 1 and lines[0].startswith("DBSCAN scan: 1/1 pairs (100.0%), "), lines

@@ -407,12 +407,17 @@ def toy_clusters(**settings: object):
 
 def test_factory_on_a_partitioned_embedding_asset_matches_sklearn(tmp_path):
     lake = Storage(str(tmp_path / "lake"))
+    instance = DagsterInstance.ephemeral()
     result = dagster.materialize(
         [toy_embeddings_asset(), toy_clusters(eps_source="valley")],
         resources={"storage": StorageResource(root=lake.root)},
         partition_key="b",
+        instance=instance,
     )
     assert result.success
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    for scan in ("nearest-neighbour scan", "DBSCAN scan"):  # the engine's progress, in the run log
+        assert any(re.match(rf"{scan}: ([\d,]+)/\1 pairs \(100\.0%\)", m) for m in messages), scan
     assert toy_clusters_artifact(lake, "a").manifest() is None, "only the requested partition"
     artifact = toy_clusters_artifact(lake, "b")
     assignments = pq.read_table(committed(artifact, "assignments.parquet"))

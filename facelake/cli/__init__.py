@@ -35,6 +35,11 @@ COMMANDS: tuple[Command, ...] = (
     Command("models", "facelake.models.cli", "make model weights offline from installed packages (import)"),
     Command("search", "facelake.cli.search", "text and image search over a CLIP embeddings asset"),
     Command("sfhq", "facelake.cli.sfhq", "SFHQ parts: describe a part's files, counts and validation report"),
+    Command(
+        "sql",
+        "facelake.cli.sql",
+        "SQL over the catalog's views of every committed table (--views lists them)",
+    ),
 )
 """Every subcommand of ``facelake``, in ``--help`` order."""
 

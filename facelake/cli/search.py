@@ -262,32 +262,21 @@ def write_sheet(lake: Storage, result: SearchResult, path: str) -> str:
     return path
 
 
-def _cell(value: Any, width: int | None = None) -> str:
-    text = "" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
-    text = " ".join(text.split())
-    if width is not None and len(text) > width:
-        text = text[: width - 3] + "..."
-    return text
-
-
 def format_table(result: SearchResult) -> str:
     """The hits as an aligned table, headed by what was searched (and the random-weights warning)."""
+    from facelake.cli.tables import text_table
+
     rows = result.rows()
     several = len({row["query"] for row in rows}) > 1
     names = (("query",) if several else ()) + COLUMNS
-    cells = [
-        [_cell(row.get(c), CAPTION_WIDTH if c in ("caption", "query") else None) for c in names]
-        for row in rows
-    ]
-    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
     lines = [
         f"{result.asset}[{result.part}]: {len(result.embeddings):,} images, {result.space}; {result.method} search"
     ]
     if result.warning:
         lines.append(f"WARNING: {result.warning}")
     lines.extend(f"note: {note}" for note in result.notes)
-    lines.append("  ".join(n.upper().ljust(w) for n, w in zip(names, widths, strict=True)).rstrip())
-    lines.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells)
+    limits = {"caption": CAPTION_WIDTH, "query": CAPTION_WIDTH}
+    lines += text_table(names, [[row.get(c) for c in names] for row in rows], widths=limits)
     return "\n".join(lines)
 
 

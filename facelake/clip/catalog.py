@@ -26,7 +26,7 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from facelake.lake.catalog import CatalogSection, ViewSource
+from facelake.lake.catalog import CatalogSection, ViewSource, named_file
 from facelake.lake.commit import PartitionArtifact
 from facelake.lake.storage import Storage
 from facelake.vectors.spaces import CONFIG_COLUMN, PROVENANCE_FIELDS
@@ -151,11 +151,6 @@ def source_name(asset: str, part: str) -> str:
     return f"{asset}:{part}"
 
 
-def _named(name: str) -> re.Pattern[str]:
-    """A committed file called ``name`` (at the top, or in the attempt folder a manifest lists it under)."""
-    return re.compile(r"(.*/)?" + re.escape(name))
-
-
 CLIP = CatalogSection(
     DATASET,
     "clip_views.sql",
@@ -167,16 +162,16 @@ CLIP = CatalogSection(
             for asset in EMBEDDING_ASSETS
         ),
         *(
-            ViewSource(f"{asset}_summary", asset, _named(INDEX_SUMMARY_FILE), INDEX_SUMMARY_SCHEMA)
+            ViewSource(f"{asset}_summary", asset, named_file(INDEX_SUMMARY_FILE), INDEX_SUMMARY_SCHEMA)
             for asset in INDEX_ASSETS
         ),
         *(
-            ViewSource(f"{asset}_probe_hits", asset, _named(PROBE_HITS_FILE), PROBE_HITS_SCHEMA)
+            ViewSource(f"{asset}_probe_hits", asset, named_file(PROBE_HITS_FILE), PROBE_HITS_SCHEMA)
             for asset in INDEX_ASSETS
         ),
-        ViewSource("near_duplicates_keep", NEAR_DUPLICATES, _named(KEEP_FILE), KEEP_SCHEMA),
-        ViewSource("near_duplicates_groups", NEAR_DUPLICATES, _named(GROUPS_FILE), GROUPS_SCHEMA),
-        ViewSource("near_duplicates_pairs", NEAR_DUPLICATES, _named(PAIRS_FILE), PAIRS_SCHEMA),
+        ViewSource("near_duplicates_keep", NEAR_DUPLICATES, named_file(KEEP_FILE), KEEP_SCHEMA),
+        ViewSource("near_duplicates_groups", NEAR_DUPLICATES, named_file(GROUPS_FILE), GROUPS_SCHEMA),
+        ViewSource("near_duplicates_pairs", NEAR_DUPLICATES, named_file(PAIRS_FILE), PAIRS_SCHEMA),
     ),
 )
 """The CLIP section of the catalog (:mod:`facelake.catalog`)."""

@@ -46,7 +46,16 @@ import torch
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from facelake.vectors.gram import GramBackend, pair_dots, select_backend, strict_matmul, upper_blocks
+from facelake.lake.progress import Report
+from facelake.vectors.gram import (
+    GramBackend,
+    block_pairs,
+    pair_dots,
+    pair_progress,
+    select_backend,
+    strict_matmul,
+    upper_blocks,
+)
 
 _U64 = 2.0**-53
 _U32 = 2.0**-24
@@ -311,13 +320,16 @@ def dbscan_cosine(
     screen: str = "auto",
     block: int | None = None,
     device: str | None = None,
+    progress: Report | None = None,
 ) -> DbscanResult:
     """DBSCAN with cosine distance: scikit-learn's float64 labels, in blocks, never N×N (see the module doc).
 
     ``vectors`` [N, d] (any float or int dtype; rows need not be unit length, every row must be finite and
     non-zero: ``ValueError`` names the rows otherwise). ``screen`` picks the Gram screening precision
     (:data:`facelake.vectors.gram.SCREENS`; ``auto`` measures), ``block`` the block edge (default 2048 on the CPU,
-    16384 on CUDA), ``device`` ``cpu``/``cuda`` (default: CUDA when present).
+    16384 on CUDA), ``device`` ``cpu``/``cuda`` (default: CUDA when present). ``progress`` receives a line
+    (pairs screened of ``N(N-1)/2``, rate, ETA: :class:`facelake.lake.progress.Progress`) every 5 % or 30 s
+    of the scan, and a last one at its end.
     """
     _validate(eps, min_samples)
     eps, min_samples = float(eps), int(min_samples)
@@ -341,6 +353,7 @@ def dbscan_cosine(
     knife = float64_bound(dim)
 
     graph = _EpsGraph(n, min_samples)
+    scanned = pair_progress("DBSCAN scan", n, progress)
     band_pairs = knife_edge = 0
     gram_seconds = extract_seconds = recheck_seconds = 0.0
     sync = backend.device.startswith("cuda")
@@ -364,6 +377,7 @@ def dbscan_cosine(
             t2 = time.perf_counter()
             gram_seconds += t1 - t0
             extract_seconds += t2 - t1
+            scanned.advance(block_pairs(i0, i1, j0, j1))
             if len(rows) == 0:
                 continue
             if not sure.all():
@@ -376,6 +390,7 @@ def dbscan_cosine(
             recheck_seconds += time.perf_counter() - t2
             graph.add(rows, cols, slice(i0, i1), slice(j0, j1))
         scan_seconds = time.perf_counter() - scan_started
+    scanned.finish()
     started = time.perf_counter()
     labels, core = graph.labels()
     label_seconds = time.perf_counter() - started

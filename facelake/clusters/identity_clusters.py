@@ -37,13 +37,36 @@ from facelake.faces.identity import (
 )
 from facelake.lake.commit import PartitionArtifact
 from facelake.lake.errors import InputError
+from facelake.lake.progress import Report
 from facelake.lake.storage import Storage
 from facelake.vectors.neighbours import Neighbours, nearest_neighbours, unit_rows
+from facelake.vectors.spaces import embedding_schema
 
 EpsSource = Literal["profile", "valley", "fixed"]
 EPS_SOURCES = ("profile", "valley", "fixed")
 EMBEDDING_COLUMN = "embedding"
 LABEL_COLUMNS = ("cluster_id", "cluster_size")
+ASSIGNMENTS_FILE = "assignments.parquet"
+CENTROIDS_FILE = "centroids.parquet"
+PLOT_FILE = "nn_similarity.png"
+ASSIGNMENT_FIELDS = [
+    ("cluster_id", pa.int64()),
+    ("cluster_size", pa.int64()),
+    ("dbscan_label", pa.int64()),
+    ("core", pa.bool_()),
+    ("nn_index", pa.int64()),
+    ("nn_cosine", pa.float32()),
+    ("centroid_cosine", pa.float32()),
+]
+"""The columns :func:`assignments_table` appends to the input's id columns, with their Arrow types."""
+CENTROID_FIELDS = [("cluster_id", pa.int64()), ("cluster_size", pa.int64()), ("dbscan_cluster", pa.bool_())]
+"""The id columns of :func:`centroids_table` (then the centroid as ``embedding`` and the provenance)."""
+CENTROIDS_SCHEMA = embedding_schema(CENTROID_FIELDS)
+
+
+def assignments_schema(id_fields: list[tuple[str, pa.DataType]]) -> pa.Schema:
+    """The schema of ``assignments.parquet`` for an input whose id columns are ``id_fields``."""
+    return pa.schema([*id_fields, *ASSIGNMENT_FIELDS])
 
 
 # --- reading embeddings -------------------------------------------------------------------------------
@@ -236,21 +259,29 @@ def cluster_identities(
     screen: str = "auto",
     block: int | None = None,
     device: str | None = None,
+    progress: Report | None = None,
 ) -> IdentityClusters:
-    """NN analysis, eps choice, DBSCAN (cosine), singleton identities, centroids and centroid cosines."""
+    """NN analysis, eps choice, DBSCAN (cosine), singleton identities, centroids and centroid cosines.
+
+    ``progress`` (e.g. a run log's ``info``) receives the two block scans' lines (nearest neighbours, then
+    DBSCAN): pairs done of ``N(N-1)/2``, rate and ETA, every 5 % or 30 s, and at the end of each."""
     if len(vectors) == 0:
         raise ValueError("no embeddings to cluster")
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     unit = unit_rows(vectors, "embeddings")
     neighbours = (
-        nearest_neighbours(unit, screen=screen, block=block, device=device) if len(unit) >= 2 else None
+        nearest_neighbours(unit, screen=screen, block=block, device=device, progress=progress)
+        if len(unit) >= 2
+        else None
     )
     analysis = analyse_nn_cosines(neighbours.cosine if neighbours is not None else np.zeros(0))
     seconds["nearest_neighbours"] = time.perf_counter() - started
     choice = choose_eps(eps_source, space, analysis, eps)
     started = time.perf_counter()
-    result = dbscan_cosine(unit, choice.eps, min_samples, screen=screen, block=block, device=device)
+    result = dbscan_cosine(
+        unit, choice.eps, min_samples, screen=screen, block=block, device=device, progress=progress
+    )
     seconds["dbscan"] = time.perf_counter() - started
     started = time.perf_counter()
     identity = result.identity
@@ -299,18 +330,18 @@ def assignments_table(ids: pa.Table, clusters: IdentityClusters) -> pa.Table:
     centroid_cosine (one row per embedding, input order)."""
     n = len(clusters.identity)
     nn = clusters.neighbours
-    columns = {
-        "cluster_id": pa.array(clusters.identity, pa.int64()),
-        "cluster_size": pa.array(clusters.cluster_size, pa.int64()),
-        "dbscan_label": pa.array(clusters.dbscan.labels.astype(np.int64), pa.int64()),
-        "core": pa.array(clusters.dbscan.core.astype(bool), pa.bool_()),
-        "nn_index": pa.array(nn.index if nn is not None else np.full(n, -1), pa.int64()),
-        "nn_cosine": pa.array(nn.cosine if nn is not None else np.full(n, np.nan, np.float32), pa.float32()),
-        "centroid_cosine": pa.array(clusters.centroid_cosine, pa.float32()),
-    }
+    values = [
+        clusters.identity,
+        clusters.cluster_size,
+        clusters.dbscan.labels.astype(np.int64),
+        clusters.dbscan.core.astype(bool),
+        nn.index if nn is not None else np.full(n, -1),
+        nn.cosine if nn is not None else np.full(n, np.nan, np.float32),
+        clusters.centroid_cosine,
+    ]
     table = ids
-    for name, values in columns.items():
-        table = table.append_column(name, values)
+    for (name, kind), column in zip(ASSIGNMENT_FIELDS, values, strict=True):
+        table = table.append_column(name, pa.array(column, kind))
     return table
 
 
@@ -319,11 +350,8 @@ def centroids_table(clusters: IdentityClusters, space: dict[str, Any]) -> pa.Tab
     embedder's provenance (so centroids stay tied to their space)."""
     sizes = np.bincount(clusters.identity)
     ids = np.arange(clusters.identities, dtype=np.int64)
-    columns = {
-        "cluster_id": pa.array(ids),
-        "cluster_size": pa.array(sizes.astype(np.int64)),
-        "dbscan_cluster": pa.array(ids < clusters.dbscan.n_clusters),
-    }
+    values = [ids, sizes.astype(np.int64), ids < clusters.dbscan.n_clusters]
+    columns = {name: pa.array(v, kind) for (name, kind), v in zip(CENTROID_FIELDS, values, strict=True)}
     return embedding_table(clusters.centroids, EmbedderProfile.from_provenance(space), columns)
 
 

@@ -21,6 +21,7 @@ import pyarrow as pa
 from facelake.faces.detection import Detections, FaceDetector
 from facelake.faces.identity import IdentityEmbedder, embedding_table
 from facelake.faces.stages import StageCounter
+from facelake.vectors.spaces import embedding_schema
 
 
 def primary_face(detections: Detections) -> int | None:
@@ -57,12 +58,32 @@ def face_columns(
 ) -> dict[str, pa.Array]:
     """The id and face columns of primary-face embedding rows."""
     flat = pa.array(np.asarray(boxes, np.float32).reshape(-1), pa.float32())
-    return {
-        name_column: pa.array(names, pa.string()),
-        "face_box": pa.FixedSizeListArray.from_arrays(flat, 4),
-        "face_score": pa.array(np.asarray(scores, np.float32)),
-        "faces_detected": pa.array(np.asarray(counts, np.int32)),
-    }
+    values = [
+        pa.FixedSizeListArray.from_arrays(flat, 4),
+        pa.array(np.asarray(scores, np.float32)),
+        pa.array(np.asarray(counts, np.int32)),
+    ]
+    faces = {name: array.cast(kind) for (name, kind), array in zip(FACE_FIELDS, values, strict=True)}
+    return {name_column: pa.array(names, pa.string()), **faces}
+
+
+FACE_FIELDS = [
+    ("face_box", pa.list_(pa.float32(), 4)),
+    ("face_score", pa.float32()),
+    ("faces_detected", pa.int32()),
+]
+"""The face columns of primary-face embedding rows (:func:`face_columns`), after the name."""
+
+
+def primary_face_fields(name_column: str) -> list[tuple[str, pa.DataType]]:
+    """The id columns of primary-face embedding rows: ``name_column`` (a string), then :data:`FACE_FIELDS`."""
+    return [(name_column, pa.string()), *FACE_FIELDS]
+
+
+def primary_embeddings_schema(name_column: str) -> pa.Schema:
+    """The columns of primary-face embedding rows: :func:`primary_face_fields`, ``embedding`` and the
+    embedder's provenance (:func:`facelake.vectors.spaces.embedding_schema`)."""
+    return embedding_schema(primary_face_fields(name_column))
 
 
 def no_face_reason(detector: FaceDetector) -> str:

@@ -21,10 +21,15 @@ from facelake.faces.identity import IdentityEmbedder, embedding_table
 from facelake.lake.progress import Progress
 from facelake.lake.storage import Storage
 from facelake.lake.webdataset_reader import ImageShard, iter_shard_images
+from facelake.vectors.spaces import embedding_schema
 
 DETECTED_SCHEMA = DETECTIONS_SCHEMA.append(pa.field("detector", pa.string())).append(
     pa.field("threshold", pa.float32())
 )
+FACE_ID_FIELDS = [("sample_id", pa.int64()), ("key", pa.string()), ("face_index", pa.int16())]
+"""The id columns of an embedding row of :func:`embed_shard` (a detected face of a webdataset sample)."""
+EMBEDDED_SCHEMA = embedding_schema(FACE_ID_FIELDS)
+""":func:`embed_shard`'s rows as a reader declares them (the embedding's length is the embedder's)."""
 
 
 @dataclass
@@ -121,8 +126,9 @@ def embed_shard(
 
 
 def _ids(sample_ids=None, keys=None, face_index=None) -> dict[str, pa.Array]:
-    return {
-        "sample_id": pa.array(np.asarray(sample_ids if sample_ids is not None else [], np.int64)),
-        "key": pa.array(list(keys or []), pa.string()),
-        "face_index": pa.array(np.asarray(face_index if face_index is not None else [], np.int16)),
-    }
+    values = [
+        np.asarray(sample_ids if sample_ids is not None else [], np.int64),
+        list(keys or []),
+        np.asarray(face_index if face_index is not None else [], np.int16),
+    ]
+    return {name: pa.array(v, kind) for (name, kind), v in zip(FACE_ID_FIELDS, values, strict=True)}

@@ -63,6 +63,15 @@ REPORT_FILE = "packing.json"
 SHARD_PATTERN = re.compile(r"^identities-(\d{5,})\.parquet$")
 ID_COLUMNS = ("sample_id", "key", "face_index")
 """Source id columns carried into the gallery when every source has them (LAION-Face embeddings do)."""
+REFERENCE_FIELDS = [
+    ("identity_id", pa.string()),
+    ("identity_index", pa.int64()),
+    ("shard", pa.int32()),
+    ("variant", pa.string()),
+]
+"""The id columns of an identity shard (then ``embedding`` and the gallery's embedder provenance)."""
+GALLERY_FIELDS = [("gallery_index", pa.int64()), ("source", pa.string()), ("source_row", pa.int64())]
+"""The first columns of ``gallery.parquet`` (then the sources' :data:`ID_COLUMNS` where all have them)."""
 RANDOM_WEIGHTS_WARNING = (
     "RANDOM TEST WEIGHTS: the gallery was embedded by a randomly initialised model, so these are not "
     "face-recognition embeddings"
@@ -438,12 +447,13 @@ def reference_tables(
     shards = []
     for shard, start in enumerate(range(0, len(points), shard_size)):
         index = np.arange(start, min(start + shard_size, len(points)), dtype=np.int64)
-        columns = {
-            "identity_id": pa.array([identity_id(variant, int(i)) for i in index], pa.string()),
-            "identity_index": pa.array(index),
-            "shard": pa.array(np.full(len(index), shard, dtype=np.int32)),
-            "variant": pa.repeat(variant, len(index)),
-        }
+        values = [
+            [identity_id(variant, int(i)) for i in index],
+            index,
+            np.full(len(index), shard, dtype=np.int32),
+            [variant] * len(index),
+        ]
+        columns = {name: pa.array(v, kind) for (name, kind), v in zip(REFERENCE_FIELDS, values, strict=True)}
         shards.append((shard, embedding_table(points[index], profile, columns)))
     return shards
 

@@ -67,6 +67,12 @@ class ViewSource:
     empty_schema: pa.Schema
 
 
+def named_file(name: str) -> re.Pattern[str]:
+    """The committed file called ``name``, at the top of its partition or in the attempt folder its manifest
+    lists it under (the ``files`` of a :class:`ViewSource`)."""
+    return re.compile(r"(.*/)?" + re.escape(name))
+
+
 @dataclass(frozen=True)
 class CatalogSection:
     """One domain's part of the catalog: ``{root}/{dataset}/`` artifacts, the view SQL that defines its views
@@ -277,25 +283,40 @@ def replace_table(conn: duckdb.DuckDBPyConnection, name: str, table: pa.Table) -
 
 
 def refresh_section(
-    conn: duckdb.DuckDBPyConnection, storage: Storage, section: CatalogSection
+    conn: duckdb.DuckDBPyConnection,
+    storage: Storage,
+    section: CatalogSection,
+    partitions: list[CommittedPartition] | None = None,
 ) -> list[CommittedPartition]:
-    """(Re)create one section's manifest tables and views from what is committed now; returns its partitions."""
-    partitions = committed_partitions(storage, section.dataset)
+    """(Re)create one section's manifest tables and views from what is committed now; returns its partitions.
+
+    ``partitions``: the dataset's committed partitions, when already listed (several sections may share a
+    dataset folder, e.g. a domain's views over another's artifacts). Besides its sources' placeholders, the
+    view SQL may use ``{dataset}`` (the section's dataset folder), so one SQL file can serve several datasets.
+    """
+    if partitions is None:
+        partitions = committed_partitions(storage, section.dataset)
     replace_table(conn, f"{section.dataset}_partitions", partitions_table(partitions))
     replace_table(conn, f"{section.dataset}_files", files_table(partitions))
     sources = {
         s.placeholder: source_sql(conn, s, source_files(partitions, s, section.partitions))
         for s in section.sources
     }
-    conn.execute(render_sql(section.views_sql, sources))
+    conn.execute(render_sql(section.views_sql, {"dataset": section.dataset, **sources}))
     return partitions
 
 
 def refresh(
     conn: duckdb.DuckDBPyConnection, storage: Storage, sections: tuple[CatalogSection, ...]
 ) -> list[CommittedPartition]:
-    """(Re)create every section's tables and views; returns all committed partitions they found."""
-    return [p for section in sections for p in refresh_section(conn, storage, section)]
+    """(Re)create every section's tables and views, listing each dataset folder once; returns all committed
+    partitions they found."""
+    listed: dict[str, list[CommittedPartition]] = {}
+    for section in sections:
+        if section.dataset not in listed:
+            listed[section.dataset] = committed_partitions(storage, section.dataset)
+        refresh_section(conn, storage, section, listed[section.dataset])
+    return [p for partitions in listed.values() for p in partitions]
 
 
 def open_catalog(
@@ -323,18 +344,35 @@ def query(conn: duckdb.DuckDBPyConnection, sql: str, params: list | dict | None 
     return relation.to_arrow_table() if relation is not None else pa.table({})
 
 
+DESCRIBE_SCHEMA = pa.schema(
+    [
+        ("name", pa.string()),
+        ("kind", pa.string()),
+        ("rows", pa.int64()),
+        ("columns", pa.string()),
+        ("comment", pa.string()),
+    ]
+)
+
+
 def describe(conn: duckdb.DuckDBPyConnection) -> pa.Table:
-    """The catalog's views and tables: name, kind, rows, columns (comma-separated)."""
+    """The catalog's views and tables (:data:`DESCRIBE_SCHEMA`): name, kind, rows, columns (comma-separated)
+    and the comment the view SQL gave it (``COMMENT ON VIEW``; NULL without one)."""
     objects = conn.sql(
-        "SELECT view_name AS name, 'view' AS kind FROM duckdb_views() WHERE NOT internal "
-        "UNION ALL SELECT table_name, 'table' FROM duckdb_tables() WHERE NOT internal ORDER BY name"
+        "SELECT view_name AS name, 'view' AS kind, comment FROM duckdb_views() WHERE NOT internal "
+        "UNION ALL SELECT table_name, 'table', comment FROM duckdb_tables() WHERE NOT internal ORDER BY name"
     ).fetchall()
     rows = []
-    for name, kind in objects:
+    for name, kind, comment in objects:
         relation = conn.sql(f"SELECT * FROM {quote_identifier(name)}")
         [(count,)] = conn.sql(f"SELECT count(*) FROM {quote_identifier(name)}").fetchall()
-        rows.append({"name": name, "kind": kind, "rows": count, "columns": ", ".join(relation.columns)})
-    schema = pa.schema(
-        [("name", pa.string()), ("kind", pa.string()), ("rows", pa.int64()), ("columns", pa.string())]
-    )
-    return pa.Table.from_pylist(rows, schema=schema)
+        rows.append(
+            {
+                "name": name,
+                "kind": kind,
+                "rows": count,
+                "columns": ", ".join(relation.columns),
+                "comment": comment,
+            }
+        )
+    return pa.Table.from_pylist(rows, schema=DESCRIBE_SCHEMA)

@@ -24,7 +24,8 @@ import re
 
 import pyarrow as pa
 
-from facelake.lake.catalog import CatalogSection, ViewSource
+from facelake.faces.primary import primary_embeddings_schema
+from facelake.lake.catalog import CatalogSection, ViewSource, named_file
 from facelake.sfhq.artifacts import (
     CLIP_FEATURES,
     DATASET,
@@ -39,7 +40,7 @@ from facelake.sfhq.artifacts import (
     SEGMENTATIONS,
     SEGMENTATIONS_FILE,
 )
-from facelake.sfhq.faces import NO_FACE_SCHEMA
+from facelake.sfhq.faces import NAME_COLUMN, NO_FACE_SCHEMA
 from facelake.sfhq.landmarks import LANDMARKS_SCHEMA
 from facelake.sfhq.layout import INDEX_SCHEMA, PROBLEMS_SCHEMA
 from facelake.sfhq.segmentation import SEGMENTATION_SCHEMA
@@ -74,39 +75,33 @@ PAIRS_SCHEMA = pa.schema(
         ("row_b", pa.int64()),
     ]
 )
-FACE_EMBEDDINGS_SCHEMA = pa.schema(
-    [
-        ("name", pa.string()),
-        ("face_box", pa.list_(pa.float32(), 4)),
-        ("face_score", pa.float32()),
-        ("faces_detected", pa.int32()),
-        ("embedding", pa.list_(pa.float32())),
-        *PROVENANCE_FIELDS,
-    ]
-)
-
-
-def _file(name: str) -> re.Pattern[str]:
-    return re.compile(r"(.*/)?" + re.escape(name))
+FACE_EMBEDDINGS_SCHEMA = primary_embeddings_schema(NAME_COLUMN)
 
 
 SFHQ = CatalogSection(
     DATASET,
     "sfhq_views.sql",
     (
-        ViewSource("index_source", INDEX, _file(INDEX_FILE), INDEX_SCHEMA),
-        *(ViewSource(f"{stage}_problems", stage, _file(PROBLEMS_FILE), PROBLEMS_SCHEMA) for stage in STAGES),
-        ViewSource("landmarks_source", LANDMARKS, _file(LANDMARKS_FILE), LANDMARKS_SCHEMA),
-        ViewSource("segmentations_source", SEGMENTATIONS, _file(SEGMENTATIONS_FILE), SEGMENTATION_SCHEMA),
+        ViewSource("index_source", INDEX, named_file(INDEX_FILE), INDEX_SCHEMA),
+        *(
+            ViewSource(f"{stage}_problems", stage, named_file(PROBLEMS_FILE), PROBLEMS_SCHEMA)
+            for stage in STAGES
+        ),
+        ViewSource("landmarks_source", LANDMARKS, named_file(LANDMARKS_FILE), LANDMARKS_SCHEMA),
+        ViewSource(
+            "segmentations_source", SEGMENTATIONS, named_file(SEGMENTATIONS_FILE), SEGMENTATION_SCHEMA
+        ),
         ViewSource(
             "clip_features_source",
             CLIP_FEATURES,
             re.compile(r"metadata/metadata_[0-9]+\.parquet"),
             FEATURES_METADATA_SCHEMA,
         ),
-        ViewSource("near_duplicates_source", CLIP_FEATURES, _file(PAIRS_FILE), PAIRS_SCHEMA),
-        ViewSource("face_embeddings_source", FACE_EMBEDDINGS, _file(EMBEDDINGS_FILE), FACE_EMBEDDINGS_SCHEMA),
-        ViewSource("no_face_source", FACE_EMBEDDINGS, _file(NO_FACE_FILE), NO_FACE_SCHEMA),
+        ViewSource("near_duplicates_source", CLIP_FEATURES, named_file(PAIRS_FILE), PAIRS_SCHEMA),
+        ViewSource(
+            "face_embeddings_source", FACE_EMBEDDINGS, named_file(EMBEDDINGS_FILE), FACE_EMBEDDINGS_SCHEMA
+        ),
+        ViewSource("no_face_source", FACE_EMBEDDINGS, named_file(NO_FACE_FILE), NO_FACE_SCHEMA),
     ),
     PARTS,
 )

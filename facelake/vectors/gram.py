@@ -27,6 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from facelake.lake.progress import Progress, Report
+
 SCREENS = ("auto", "numpy-float32", "torch-float32", "torch-bfloat16")
 """Screening backends a caller may name; ``auto`` measures and picks the fastest."""
 
@@ -167,6 +169,19 @@ def upper_blocks(n: int, block: int) -> Iterator[tuple[int, int, int, int]]:
     for i0 in range(0, n, block):
         for j0 in range(i0, n, block):
             yield i0, min(i0 + block, n), j0, min(j0 + block, n)
+
+
+def block_pairs(i0: int, i1: int, j0: int, j1: int) -> int:
+    """The distinct pairs ``i < j`` an upper-triangle block of :func:`upper_blocks` holds (all ``n(n-1)/2``
+    over the blocks)."""
+    size = i1 - i0
+    return size * (size - 1) // 2 if i0 == j0 else size * (j1 - j0)
+
+
+def pair_progress(label: str, n: int, report: Report | None) -> Progress:
+    """Progress over the ``n(n-1)/2`` pairs of ``n`` rows scanned block by block (advance by
+    :func:`block_pairs`), reported through ``report`` (None: silent)."""
+    return Progress(label, n * (n - 1) // 2, report, unit="pairs")
 
 
 def pair_dots(vectors: np.ndarray, rows: np.ndarray, cols: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:

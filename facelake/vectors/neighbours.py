@@ -23,7 +23,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from facelake.vectors.gram import GramBackend, default_device, measured_backends, select_backend
+from facelake.lake.progress import Progress, Report
+from facelake.vectors.gram import (
+    GramBackend,
+    block_pairs,
+    default_device,
+    measured_backends,
+    pair_progress,
+    select_backend,
+)
 
 DEFAULT_BLOCK = {"cpu": 4096, "cuda": 16384}
 """Rows per Gram block by device (a 4096² bfloat16 block is 32 MiB)."""
@@ -358,12 +366,14 @@ def self_search(
     lower: torch.Tensor | None = None,
     screened: torch.Tensor | None = None,
     stats: dict | None = None,
+    progress: Progress | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest other row of every row of ``points`` (float32 unit rows on the backend's device).
 
     ``lower``: optional proven lower bounds on each row's maximum exact dot (tightens the screening band);
     ``screened``: ``points`` already prepared by the backend; ``stats`` receives ``candidates`` (the
-    number re-checked exactly). Returns (index int64, exact dot float64).
+    number re-checked exactly); ``progress`` is advanced by each block's pairs (:func:`block_pairs`).
+    Returns (index int64, exact dot float64).
     """
     n = points.shape[0]
     if n < 2:
@@ -381,6 +391,8 @@ def self_search(
             else:
                 found.add_rows(gram, i0, j0)
                 found.add_columns(gram, i0, j0)
+            if progress is not None:
+                progress.advance(block_pairs(i0, i1, j0, j1))
     return found.nearest(points, points, stats)
 
 
@@ -414,18 +426,27 @@ def cross_search(
 
 
 def nearest_neighbours(
-    vectors: np.ndarray, *, screen: str = "auto", block: int | None = None, device: str | None = None
+    vectors: np.ndarray,
+    *,
+    screen: str = "auto",
+    block: int | None = None,
+    device: str | None = None,
+    progress: Report | None = None,
 ) -> Neighbours:
     """Each row's nearest other row by cosine (exact; ties → smallest index), blocked, never N×N.
 
     ``vectors`` [N, d] (N >= 2) are used as float32 unit rows (re-normalised if they are not);
-    ``screen`` names a :mod:`facelake.vectors.gram` screen (``auto`` measures); ``block`` rows per Gram block.
+    ``screen`` names a :mod:`facelake.vectors.gram` screen (``auto`` measures); ``block`` rows per Gram block;
+    ``progress`` receives a line (pairs scanned of ``N(N-1)/2``, rate, ETA) every 5 % or 30 s, and a last one.
     """
     unit = unit_rows(vectors)
     device = device or default_device()
     points = torch.from_numpy(unit).to(device)
     backend = auto_backend(points, screen, device)
-    index, value = self_search(points, backend, search_block(device, block, len(points)))
+    scanned = pair_progress("nearest-neighbour scan", len(points), progress)
+    block = search_block(device, block, len(points))
+    index, value = self_search(points, backend, block, progress=scanned)
+    scanned.finish()
     return Neighbours(index=index.cpu().numpy(), cosine=value.cpu().numpy().astype(np.float32))
 
 

@@ -167,6 +167,13 @@ def embedding_table(
     return pa.table(data)
 
 
+def embedding_schema(columns: Iterable[tuple[str, pa.DataType]] = ()) -> pa.Schema:
+    """The schema of :func:`embedding_table` rows as a reader declares it without knowing the dimension:
+    ``columns``, ``embedding`` (a list of float32) and the provenance columns (e.g. a catalog view's columns
+    while nothing is committed)."""
+    return pa.schema([*columns, ("embedding", pa.list_(pa.float32())), *PROVENANCE_FIELDS])
+
+
 def provenance_columns(profile: EmbedderProfile, rows: int) -> dict[str, pa.Array]:
     """The provenance of ``profile`` repeated for ``rows`` rows, as arrow arrays by column name."""
     return {key: pa.repeat(value, rows) for key, value in profile.provenance().items()}

@@ -7,6 +7,16 @@ import io
 from typing import Any
 
 
+def new_figure(width: float, height: float, dpi: int = 100) -> Any:
+    """A matplotlib ``Figure`` on the Agg canvas (no pyplot, no global state), ``width`` × ``height`` inches."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=dpi)
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def figure_png(figure: Any) -> bytes:
     """A matplotlib ``Figure`` laid out tightly and rendered to PNG bytes."""
     figure.tight_layout()

@@ -28,7 +28,8 @@ from dagster import (
 )
 
 from assets.areas import area_definitions
-from assets.hyperface_images import hyperface_images_job, images_asset
+from assets.hyperface_curation import curation_assets, hyperface_curation_job
+from assets.hyperface_images import IMAGES, hyperface_images_job, images_asset
 from assets.materializing import CommitConfig, code_version, materialize_result, owner
 from assets.pools import GPU_RUN_TAGS, cpu_asset, gpu_asset
 from facelake.faces.identity import EmbedderProfile
@@ -71,6 +72,7 @@ def hyperface_assets(settings: FacelakeSettings) -> list[AssetsDefinition]:
         gallery_asset(settings),
         reference_embeddings_asset(settings),
         images_asset(settings, GROUP, REFERENCE, variants),
+        *curation_assets(settings, GROUP, IMAGES, variants),
     ]
 
 
@@ -233,4 +235,7 @@ hyperface_reference_job = define_asset_job(
 
 def definitions(settings: FacelakeSettings) -> Definitions:
     """The HyperFace area for ``settings``."""
-    return area_definitions(hyperface_assets(settings), jobs=[hyperface_reference_job, hyperface_images_job])
+    return area_definitions(
+        hyperface_assets(settings),
+        jobs=[hyperface_reference_job, hyperface_images_job, hyperface_curation_job],
+    )

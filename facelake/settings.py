@@ -21,6 +21,7 @@ from pydantic_settings import (
 
 from facelake.clip.settings import ClipSettings
 from facelake.clusters.settings import ClusteringSettings
+from facelake.curation.settings import CurationSettings
 from facelake.generation.settings import GenerationSettings
 from facelake.hyperface.settings import HyperfaceSettings
 from facelake.laion.download_options import DownloadSettings
@@ -51,6 +52,10 @@ class FacelakeSettings(BaseSettings):
     generation: GenerationSettings = Field(
         default_factory=GenerationSettings,
         description="HyperFace image generation defaults; a variant's ``generation`` overrides them",
+    )
+    curation: CurationSettings = Field(
+        default_factory=CurationSettings,
+        description="HyperFace's last mile: alignment, identity audit, leakage, the exported dataset",
     )
 
     @field_validator("root", "sources")

@@ -39,6 +39,7 @@ from tests.test_hyperface_assets import materialized_metadata, run
 
 GALLERY, REFERENCE, IMAGES = "hyperface_gallery", "hyperface_reference_embeddings", "hyperface_images"
 COUNT_CHECK = AssetCheckKey(AssetKey(IMAGES), "every_identity_has_its_images")
+CURATION = ["hyperface_aligned", "hyperface_identity_audit", "hyperface_leakage", "hyperface_dataset"]
 VARIANT, IDENTITIES, PER_IDENTITY, SHARD_IDENTITIES = "tiny", 6, 3, 4
 
 
@@ -96,6 +97,7 @@ def write_config(path: Path, root: str, gallery: str, models: dict[str, str], s3
             "shard_size": 4,
         },
         "generation": {"images_per_identity": 64},  # the variant's override wins
+        "curation": {"real_sets": ["hyperface_gallery"], "leakage_top_k": 5},
     }
     if s3:
         config["s3"] = s3
@@ -110,6 +112,7 @@ class Generated:
     again: object
     index: pa.Table
     references: pa.Table
+    curated: object
 
 
 def _generate(config: Path) -> Iterator[Generated]:
@@ -122,10 +125,11 @@ def _generate(config: Path) -> Iterator[Generated]:
         assert run([REFERENCE], instance, VARIANT).success
         first = run([IMAGES], instance, VARIANT)
         again = run([IMAGES], instance, VARIANT)
+        curated = run(CURATION, instance, VARIANT, raise_on_error=False)
         artifact = images_artifact(lake, VARIANT)
         index = read_generated_index(lake, artifact)
         references = hyperface.read_reference_embeddings(lake, hyperface.reference_artifact(lake, VARIANT))
-        yield Generated(lake, first, again, index, references)
+        yield Generated(lake, first, again, index, references, curated)
 
 
 @pytest.fixture(scope="module", params=["local", "s3"])
@@ -215,3 +219,22 @@ def test_without_generator_weights_the_asset_says_what_to_provide(
         and "the Arc2Face generator needs stable-diffusion-v1-5, arc2face" in text
     )
     assert images_artifact(load_settings().storage(), VARIANT).manifest() is None, "nothing committed"
+
+
+def test_curation_runs_to_an_empty_dataset_and_says_why(generated: Generated) -> None:
+    """Random generator weights make no faces: every stage runs, the counts say so, the empty check fails."""
+    result = generated.curated
+    generated_images = IDENTITIES * PER_IDENTITY
+    aligned = materialized_metadata(result, "hyperface_aligned")
+    assert aligned["generated"] == generated_images
+    assert aligned["aligned"] + aligned["no_face"] + aligned["several_faces"] + aligned.get(
+        "unreadable", 0
+    ) == (generated_images)
+    assert (
+        aligned["aligned"] == 0 and aligned["random_init"] is True and "random" in aligned["warning"].lower()
+    )
+    dataset = materialized_metadata(result, "hyperface_dataset")
+    assert dataset["empty"] is True
+    checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks["counts_add_up"] is True
+    assert checks["not_empty"] is False, "an empty dataset fails its check, it does not pass on nothing"

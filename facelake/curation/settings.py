@@ -24,7 +24,10 @@ class CurationSettings(BaseModel):
         None, ge=-1.0, le=1.0, description="every generated x real pair with cosine >= this leaks (None: off)"
     )
     real_sets: list[str] = Field(
-        default_factory=list, description="names of the real embedding sets checked for leakage"
+        default_factory=lambda: ["hyperface_gallery"],
+        description="real embedding sets checked for leakage: hyperface_gallery, celebahq_embeddings, "
+        "laion_face_embeddings (every committed part, or laion_face_embeddings[00000]), sfhq_face_embeddings, "
+        "or a parquet table URI ({sources} expands)",
     )
     embedder: str | None = Field(None, description="audit embedder; None: the generator's identity space")
     dataset_shard_size: int = Field(1000, ge=1, description="images per exported webdataset shard")

@@ -11,7 +11,11 @@ and builds its search index with probe contact sheets, ``clip_job`` embeds the C
 near-duplicates across both (with the blocking check), and a text search over part 00000 prints its hits.
 Then a small SFHQ part (real faces, ``synthetic.sfhq``) goes under the world's sources and ``sfhq_part_job``
 materializes part 1 (index, landmarks, segmentations, the shipped CLIP features, faces, the report).
-Afterwards ``make dev`` opens the UI on the same instance, with the runs, partitions and metadata of this demo.
+Part 00000's face embeddings are also clustered into identities (``laion_face_identity_clusters``), so every
+catalog view has rows except the generation views (no generator weights ship: ``hyperface_images`` stays
+empty and its comment says why) and the SFHQ problem lists (empty on clean data); the summary lists every view
+with its row count. Afterwards ``make dev`` opens the UI on the same instance, with the runs, partitions and
+metadata of this demo.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import argparse
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance, Definitions
@@ -86,6 +90,7 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
             job = defs.resolve_job_def(name)
             key = part if job.partitions_def is not None else None
             runs.append(job.execute_in_process(partition_key=key, instance=instance))
+    runs.append(run_laion_clusters(defs, instance, part))
     later = run_identity_and_hyperface(defs, settings, instance)
     clip = run_clip(defs, settings, instance, part)
     sfhq = run_sfhq(defs, settings, instance)
@@ -98,6 +103,19 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
         **clip,
         **sfhq,
     }
+
+
+def run_laion_clusters(defs: Definitions, instance: DagsterInstance, part: str) -> Any:
+    """Materialize ``laion_face_identity_clusters`` for ``part`` (DBSCAN over its face embeddings)."""
+    import dagster
+
+    return dagster.materialize(
+        list(defs.assets or []),
+        resources=defs.resources,
+        instance=instance,
+        partition_key=part,
+        selection=[dagster.AssetKey("laion_face_identity_clusters")],
+    )
 
 
 def run_identity_and_hyperface(
@@ -228,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     print_identity_and_hyperface(summary, lake)
     print_clip(summary, lake)
     print_sfhq(summary, lake)
+    print_catalog(lake)
     print(f"  dagster instance : {home}")
     config = os.environ["FACELAKE_CONFIG"]
     print(f"  UI               : make dev   (or: DAGSTER_HOME={home} FACELAKE_CONFIG={config} dagster dev)")
@@ -316,6 +335,22 @@ def print_clip(summary: dict, lake: Storage) -> None:
         caption = " ".join(str(row["caption"] or "").split())[:50]
         print(f"    #{row['rank']} {row['score']:.4f} {row['image_path']}  {caption}  {row['url']}")
     print(f"  CLIP outputs     : {lake.uri('clip')}")
+
+
+def print_catalog(lake: Storage) -> None:
+    """Every view of the catalog with its row count; an empty one with its comment (what it holds, and why
+    it may be empty: the generation views without generator weights)."""
+    from facelake.catalog import describe, open_catalog
+
+    with open_catalog(lake) as conn:
+        views = [row for row in describe(conn).to_pylist() if row["kind"] == "view"]
+    print(
+        f'\nCatalog: {len(views)} views over the committed tables (facelake sql --views, facelake sql "SELECT ...")'
+    )
+    width = max(len(row["name"]) for row in views)
+    for row in views:
+        why = f"  -- {row['comment']}" if row["rows"] == 0 and row["comment"] else ""
+        print(f"  {row['name']:<{width}} {row['rows']:>8,} rows{why}")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,8 @@ from facelake.lake.storage import Storage
 
 
 class CatalogResource(ConfigurableResource):
-    """Opens DuckDB with the LAION-Face views (``laion_face_meta``, ``_samples``, ``_download``, ``_detections``)."""
+    """Opens DuckDB with every view of the catalog (:data:`facelake.catalog.SECTIONS`: LAION-Face, faces,
+    identity clusters, CelebA-HQ, HyperFace, CLIP, SFHQ) over the committed partitions."""
 
     database: str = ":memory:"
     """``:memory:`` (default: nothing persists, no file lock) or the path of a DuckDB file."""

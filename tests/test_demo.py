@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance
 
-from facelake.catalog import open_catalog
+from facelake.catalog import EMPTY_WITHOUT_GENERATOR, describe, open_catalog
 from facelake.celebahq import dataset as celebahq
 from facelake.hyperface import references as hyperface
 from facelake.lake.storage import Storage
@@ -68,6 +68,29 @@ def assert_clip_views(lake: Storage) -> None:
         assert flags == [(True,)]
         assets = conn.sql("SELECT DISTINCT asset FROM clip_embeddings_metadata ORDER BY asset").fetchall()
         assert assets == [("celebahq_clip_embeddings",), ("laion_face_clip_embeddings",)]
+
+
+CATALOG_HEADING = "\nCatalog: "
+EMPTY_ON_CLEAN_DATA = ("sfhq_problems", "sfhq_near_duplicates", "sfhq_no_face")
+"""Views that list problems: the demo's SFHQ part has none (every file usable, no near-duplicate, a face in
+every image)."""
+
+
+def assert_catalog_listed(printed: str, lake: Storage) -> None:
+    """The summary lists every catalog view with its row count; every view has rows except the generation
+    views (no generator weights in the demo: their line says why) and the SFHQ problem lists."""
+    _, heading, listing = printed.partition(CATALOG_HEADING)
+    assert heading, f"no catalog section in:\n{printed}"
+    listed = dict(re.findall(r"^  (\w+) +([\d,]+) rows", listing, re.MULTILINE))
+    with open_catalog(lake) as conn:
+        views = {r["name"]: r["rows"] for r in describe(conn).to_pylist() if r["kind"] == "view"}
+    assert {name: int(rows.replace(",", "")) for name, rows in listed.items()} == views
+    empty = {name for name, rows in views.items() if rows == 0}
+    assert empty == {*EMPTY_WITHOUT_GENERATOR, *EMPTY_ON_CLEAN_DATA}, empty
+    for view in EMPTY_WITHOUT_GENERATOR:
+        assert re.search(rf"^  {view} +0 rows  -- .*Empty unless generator weights", listing, re.MULTILINE)
+    assert views["laion_face_identity_clusters"] == views["laion_face_embeddings"] == 142
+    assert views["celebahq_identity_clusters"] == views["celebahq_face_embeddings"]
 
 
 @pytest.mark.slow
@@ -161,7 +184,10 @@ def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path_factor
         ):
             assert conn.execute(f"SELECT count(*) FROM {view} WHERE part = '1'").fetchone()[0] == rows, view
         assert conn.execute("SELECT names, complete, problems FROM sfhq_parts").fetchall() == [(8, 8, 0)]
+    assert_catalog_listed(printed, lake)
     with DagsterInstance.from_config(str(home)) as instance:
+        event = instance.get_latest_materialization_event(AssetKey("laion_face_identity_clusters"))
+        assert event is not None and event.asset_materialization.partition == "00000"
         for key in ("sfhq_index", "sfhq_clip_features", "sfhq_face_embeddings", "sfhq_report"):
             event = instance.get_latest_materialization_event(AssetKey(key))
             assert event is not None and event.asset_materialization.partition == "1", key

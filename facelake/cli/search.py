@@ -300,9 +300,7 @@ def format_json(result: SearchResult) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Search and print the hits (and write the sheet)."""
-    from pydantic import ValidationError
-
-    from facelake.settings import load_settings
+    from facelake.cli.lake import INVALID_SETTINGS, command_settings
 
     if not args.query and not args.image:
         print("facelake search: error: give a text query, --image PATH, or both", file=sys.stderr)
@@ -310,11 +308,9 @@ def run(args: argparse.Namespace) -> int:
     if args.k < 1:
         print("facelake search: error: -k must be at least 1", file=sys.stderr)
         return USAGE_ERROR
-    try:
-        settings = load_settings(**({"root": args.root} if args.root else {}))
-    except ValidationError as exc:
-        print(f"facelake search: invalid settings: {exc}", file=sys.stderr)
-        return 1
+    settings = command_settings("search", args.root)
+    if settings is None:
+        return INVALID_SETTINGS
     texts = [args.query] if args.query else []
     result = search(settings, args.asset, args.part, texts, args.image, args.k)
     if args.sheet:

@@ -102,8 +102,9 @@ def _plain(value: Any) -> Any:
 
 
 def json_records(table: pa.Table) -> str:
-    """The rows as a JSON list of records (column name -> value)."""
-    return json.dumps([_plain(row) for row in table.to_pylist()], default=str, indent=1) + "\n"
+    """The rows as a JSON list of records (column name -> value), one record per line."""
+    records = [json.dumps(_plain(row), default=str) for row in table.to_pylist()]
+    return "[\n" + ",\n".join(records) + "\n]\n" if records else "[]\n"
 
 
 def csv_ready(table: pa.Table) -> pa.Table:
@@ -172,29 +173,19 @@ class SqlError(Exception):
 
 def run(args: argparse.Namespace) -> int:
     """Run the statement (or list the views) and print or write the result."""
-    from pydantic import ValidationError
-
     from facelake.catalog import describe, open_catalog
-    from facelake.lake.status import root_exists
-    from facelake.settings import load_settings
+    from facelake.cli.lake import INVALID_SETTINGS, ROOT_MISSING, command_settings, root_is_there
 
     problem = usage_problem(args)
     if problem:
         print(f"facelake sql: error: {problem}", file=sys.stderr)
         return USAGE_ERROR
-    try:
-        settings = load_settings(**({"root": args.root} if args.root else {}))
-    except ValidationError as exc:
-        print(f"facelake sql: invalid settings: {exc}", file=sys.stderr)
-        return 1
+    settings = command_settings("sql", args.root)
+    if settings is None:
+        return INVALID_SETTINGS
     storage = settings.storage()
-    if not root_exists(storage):
-        print(
-            f"facelake sql: the lake root {storage.root} does not exist "
-            "(set --root, FACELAKE_ROOT or root: in the config file)",
-            file=sys.stderr,
-        )
-        return USAGE_ERROR
+    if not root_is_there("sql", storage):
+        return ROOT_MISSING
     with open_catalog(storage) as conn:
         try:
             table = describe(conn) if args.views else execute(conn, args.statement)

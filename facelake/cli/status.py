@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from facelake.cli.lake import ROOT_MISSING
+
 if TYPE_CHECKING:
     from facelake.lake.status import PartitionStatus
 
-ROOT_MISSING = 2
 SHORT_HASH = 8
 COLUMNS = ("ASSET", "PARTITION", "STATE", "ROWS", "FILES", "BYTES", "CONFIG", "CODE", "CREATED (UTC)")
 NUMERIC = {"ROWS", "FILES", "BYTES"}
@@ -40,24 +41,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the lake's status; 2 (with a message) when the root does not exist."""
-    from pydantic import ValidationError
-
+    from facelake.cli.lake import INVALID_SETTINGS, command_settings, root_is_there
     from facelake.lake.catalog import dataset_folders
-    from facelake.lake.status import lake_status, root_exists, totals
-    from facelake.settings import load_settings
+    from facelake.lake.status import lake_status, totals
 
-    try:
-        settings = load_settings(**({"root": args.root} if args.root else {}))
-    except ValidationError as exc:
-        print(f"facelake status: invalid settings: {exc}", file=sys.stderr)
-        return 1
+    settings = command_settings("status", args.root)
+    if settings is None:
+        return INVALID_SETTINGS
     storage = settings.storage()
-    if not root_exists(storage):
-        print(
-            f"facelake status: the lake root {storage.root} does not exist "
-            "(set --root, FACELAKE_ROOT or root: in the config file)",
-            file=sys.stderr,
-        )
+    if not root_is_there("status", storage):
         return ROOT_MISSING
     datasets = list(dict.fromkeys(args.dataset)) if args.dataset else None
     if datasets:

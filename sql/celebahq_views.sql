@@ -2,9 +2,8 @@
 -- facelake.lake.catalog.refresh_section runs this file. Its identity clusters are the views of
 -- identity_clusters_views.sql (celebahq_identity_clusters, celebahq_identity_centroids).
 --
--- Each placeholder is filled with read_parquet([<files listed by the committed manifests>], filename = true,
--- union_by_name = true), or with an empty relation of the same columns while nothing is committed, so every
--- view exists and every query runs. Every artifact lives under <root>/celebahq/<artifact>/<part>/ (part
+-- Placeholders read the committed files only (facelake.lake.catalog: an empty relation with the same
+-- columns while none is committed). Every artifact lives under <root>/celebahq/<artifact>/<part>/ (part
 -- 'all'); each view carries the part as `part`.
 
 -- The partition key of a file under <root>/celebahq/<artifact>/<part>/...

@@ -1,9 +1,8 @@
 -- Catalog views over the COMMITTED HyperFace artifacts (facelake.hyperface.catalog);
 -- facelake.lake.catalog.refresh_section runs this file.
 --
--- Each placeholder is filled with read_parquet([<files listed by the committed manifests>], filename = true,
--- union_by_name = true), or with an empty relation of the same columns while nothing is committed, so every
--- view exists and every query runs. Every artifact lives under <root>/hyperface/<artifact>/<part>/ (the
+-- Placeholders read the committed files only (facelake.lake.catalog: an empty relation with the same
+-- columns while none is committed). Every artifact lives under <root>/hyperface/<artifact>/<part>/ (the
 -- gallery's part is 'all'; the reference embeddings' and images' part is the variant); each view carries it
 -- as `part`.
 

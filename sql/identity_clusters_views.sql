@@ -2,9 +2,8 @@
 -- catalog runs this file once per dataset that has identity clusters, {dataset} being its folder
 -- (laion_face, celebahq).
 --
--- Each placeholder is filled with read_parquet([<files listed by the committed manifests>], filename = true,
--- union_by_name = true), or with an empty relation of the same columns while nothing is committed, so every
--- view exists and every query runs. The clusters live under <root>/{dataset}/identity_clusters/<part>/; each
+-- Placeholders read the committed files only (facelake.lake.catalog: an empty relation with the same
+-- columns while none is committed). The clusters live under <root>/{dataset}/identity_clusters/<part>/; each
 -- view carries the partition key as `part`.
 
 -- One row per clustered embedding (assignments.parquet): the embedding's id columns (laion_face: sample_id,

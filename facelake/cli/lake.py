@@ -39,3 +39,13 @@ def root_is_there(command: str, storage: Storage) -> bool:
         file=sys.stderr,
     )
     return False
+
+
+def command_storage(command: str, root: str | None) -> Storage | int:
+    """The storage of the settings' root (``root`` when given), or, after saying why not, the exit status:
+    :data:`INVALID_SETTINGS` or :data:`ROOT_MISSING`."""
+    settings = command_settings(command, root)
+    if settings is None:
+        return INVALID_SETTINGS
+    storage = settings.storage()
+    return storage if root_is_there(command, storage) else ROOT_MISSING

@@ -174,18 +174,15 @@ class SqlError(Exception):
 def run(args: argparse.Namespace) -> int:
     """Run the statement (or list the views) and print or write the result."""
     from facelake.catalog import describe, open_catalog
-    from facelake.cli.lake import INVALID_SETTINGS, ROOT_MISSING, command_settings, root_is_there
+    from facelake.cli.lake import command_storage
 
     problem = usage_problem(args)
     if problem:
         print(f"facelake sql: error: {problem}", file=sys.stderr)
         return USAGE_ERROR
-    settings = command_settings("sql", args.root)
-    if settings is None:
-        return INVALID_SETTINGS
-    storage = settings.storage()
-    if not root_is_there("sql", storage):
-        return ROOT_MISSING
+    storage = command_storage("sql", args.root)
+    if isinstance(storage, int):
+        return storage
     with open_catalog(storage) as conn:
         try:
             table = describe(conn) if args.views else execute(conn, args.statement)

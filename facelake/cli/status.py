@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from facelake.cli.lake import ROOT_MISSING
-
 if TYPE_CHECKING:
     from facelake.lake.status import PartitionStatus
 
@@ -41,16 +39,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the lake's status; 2 (with a message) when the root does not exist."""
-    from facelake.cli.lake import INVALID_SETTINGS, command_settings, root_is_there
+    from facelake.cli.lake import command_storage
     from facelake.lake.catalog import dataset_folders
     from facelake.lake.status import lake_status, totals
 
-    settings = command_settings("status", args.root)
-    if settings is None:
-        return INVALID_SETTINGS
-    storage = settings.storage()
-    if not root_is_there("status", storage):
-        return ROOT_MISSING
+    storage = command_storage("status", args.root)
+    if isinstance(storage, int):
+        return storage
     datasets = list(dict.fromkeys(args.dataset)) if args.dataset else None
     if datasets:
         present = set(dataset_folders(storage))

@@ -260,6 +260,7 @@ def test_the_audit_separates_the_two_people(chain: Chain) -> None:
     assert summary["images"] == 11 and summary["identities_not_separated"] == 0
     assert summary["inconsistent_images"] == int((own < CONSISTENCY).sum())
     assert summary["random_init"] is False and "dlib_resnet_v1" in summary["embedder"]
+    assert summary["identities_below_consistency"] == 0 and chain.results["audit"].passed()
     for png in (chain.results["audit"].plot, chain.results["audit"].sheet):
         assert Image.open(io.BytesIO(png)).format == "PNG"
 
@@ -384,3 +385,45 @@ def test_noise_images_give_no_face_and_an_empty_dataset(tmp_path: Path, detector
     assert dataset.metadata()["empty"] is True
     exported = export_dataset(chain.dataset, str(tmp_path / "out"))
     assert exported.empty and exported.files == 3
+
+
+def test_facelake_hyperface_export_copies_the_committed_dataset(chain: Chain, tmp_path: Path) -> None:
+    """The command line a user runs: the lake (local or S3) from the environment, a local folder as target."""
+    from tests.test_facelake_cli import clean_env, run_facelake
+
+    s3 = chain.storage.s3
+    env = clean_env(FACELAKE_ROOT=chain.storage.root)
+    if chain.storage.protocol != "file":
+        env |= {
+            "FACELAKE_S3__ENDPOINT_URL": s3.endpoint_url,
+            "FACELAKE_S3__KEY": s3.key,
+            "FACELAKE_S3__SECRET": s3.secret,
+        }
+    out = tmp_path / "exported"
+    done = run_facelake("hyperface", "export", "--variant", VARIANT, "--to", str(out), cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    paths, _ = expected_files(chain)
+    assert {str(p.relative_to(out)) for p in (out / "identities").rglob("*.jpg")} == paths
+    assert (out / "dataset.json").is_file() and list((out / "webdataset").glob("*.tar"))
+    missing = run_facelake(
+        "hyperface", "export", "--variant", "nope", "--to", str(out), cwd=tmp_path, env=env
+    )
+    assert missing.returncode == 1 and "no committed hyperface_dataset[nope]" in missing.stderr
+
+
+def test_the_catalog_views_show_every_stage(chain: Chain) -> None:
+    from facelake.catalog import open_catalog
+
+    counts = chain.results["dataset"].counts
+    with open_catalog(chain.storage) as conn:
+
+        def count(sql: str) -> int:
+            return conn.execute(sql).fetchone()[0]
+
+        assert count(f"SELECT count(*) FROM hyperface_aligned WHERE part = '{VARIANT}'") == counts["generated"]
+        assert count(f"SELECT count(*) FROM hyperface_aligned WHERE status = 'aligned' AND part = '{VARIANT}'") == counts["aligned"]
+        assert count(f"SELECT count(*) FROM hyperface_identity_audit WHERE part = '{VARIANT}'") == counts["aligned"]
+        assert count(f"SELECT count(*) FROM hyperface_identity_audit_identities WHERE part = '{VARIANT}'") == 2
+        assert count(f"SELECT count(*) FROM hyperface_dataset WHERE part = '{VARIANT}'") == counts["kept"]
+        assert count(f"SELECT count(*) FROM hyperface_dataset_removed WHERE part = '{VARIANT}'") == counts["removed"]
+        assert count(f"SELECT count(*) FROM hyperface_leakage WHERE rank = 1 AND part = '{VARIANT}'") >= 1

@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from facelake.curation.outputs import write_table
+from facelake.curation.outputs import outcome_metadata, provenance_extra, write_table
 from facelake.faces.alignment import align, alignment_transforms, apply_transforms
 from facelake.faces.detection import FaceDetector
 from facelake.faces.stages import StageCounter
@@ -39,6 +39,7 @@ from facelake.generation.shards import (
     encode_jpeg,
     generated_image_shards,
     iter_tar_samples,
+    read_generated_index,
     sample_json,
     tar_name,
     with_tar_metadata,
@@ -53,6 +54,7 @@ from facelake.lake.webdataset_reader import ImageShard, iter_shard_images
 ALIGNED, NO_FACE, SEVERAL_FACES, UNREADABLE = "aligned", "no_face", "several_faces", "unreadable"
 STATUSES = (ALIGNED, NO_FACE, SEVERAL_FACES, UNREADABLE)
 EXCLUDED_FILE = "excluded.parquet"
+ID_COLUMNS = ("key", "identity_id", "identity_index", "index")
 ALIGNED_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -131,16 +133,22 @@ def align_shard(
     detector: FaceDetector,
     options: AlignmentOptions = AlignmentOptions(),
     counter: StageCounter | None = None,
+    known: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> tuple[bytes, pa.Table]:
-    """One generated shard's aligned crops as tar bytes, and its :data:`ALIGNED_SCHEMA` rows (every image)."""
+    """One generated shard's aligned crops as tar bytes, and its :data:`ALIGNED_SCHEMA` rows (every image).
+
+    ``known``: key -> the generated index's ``identity_id``, ``identity_index``, ``index`` (default: each image's
+    json; an image that does not decode has its ids only from there)."""
     reasons = _reasons(detector)
     builder = TarBuilder()
     rows: list[dict[str, Any]] = []
+    known = known or {}
     empty = {"face_score": None, "face_box": None, "landmarks": None, "aligned_box": None}
+    empty["detector"] = detector.name
     for batch in iter_shard_images(storage, shard, batch_size=options.batch_size):
         started = time.perf_counter()
         for skipped in batch.skipped:
-            ids = _image_ids(skipped.key, skipped.sample_id, shard.shard_id, None)
+            ids = _image_ids(skipped.key, skipped.sample_id, shard.shard_id, known.get(skipped.key))
             rows.append({**ids, **empty, "status": UNREADABLE, "reason": reasons[UNREADABLE], "faces": 0})
         found = detector.detect(batch.images, names=batch.keys) if len(batch) else []
         single = [slot for slot, faces in enumerate(found) if len(faces) == 1]
@@ -152,7 +160,8 @@ def align_shard(
             inside = _box_in_crop(alignment_transforms(landmarks, options.size), boxes, options.size)
         position = {slot: i for i, slot in enumerate(single)}
         for slot, faces in enumerate(found):
-            ids = _image_ids(batch.keys[slot], batch.sample_ids[slot], shard.shard_id, batch.metadata[slot])
+            meta = known.get(batch.keys[slot]) or batch.metadata[slot]
+            ids = _image_ids(batch.keys[slot], batch.sample_ids[slot], shard.shard_id, meta)
             if slot not in position:
                 status = NO_FACE if len(faces) == 0 else SEVERAL_FACES
                 rows.append(
@@ -166,7 +175,9 @@ def align_shard(
                 "landmarks": faces.landmarks[0].reshape(-1).tolist(),
                 "aligned_box": inside[i].tolist(),
             }
-            rows.append({**ids, **face, "status": ALIGNED, "reason": None, "faces": 1})
+            rows.append(
+                {**ids, **face, "status": ALIGNED, "reason": None, "faces": 1, "detector": detector.name}
+            )
             record = {**ids, "face_score": round(face["face_score"], 5), "detector": detector.name}
             warning = (batch.metadata[slot] or {}).get("warning")
             if warning:
@@ -178,11 +189,7 @@ def align_shard(
             counts = [len(faces) for faces in found]
             counter.add(len(batch), len(batch.skipped), counts, time.perf_counter() - started)
     rows.sort(key=lambda row: row["key"])
-    table = pa.Table.from_pylist(
-        rows, schema=ALIGNED_SCHEMA.remove(ALIGNED_SCHEMA.get_field_index("detector"))
-    )
-    table = table.append_column("detector", pa.array([detector.name] * table.num_rows, pa.string()))
-    return builder.finish(), table
+    return builder.finish(), pa.Table.from_pylist(rows, schema=ALIGNED_SCHEMA)
 
 
 def status_counts(index: pa.Table, generated: int | None = None) -> dict[str, int]:
@@ -212,15 +219,11 @@ class AlignmentResult:
             "identities_without_aligned_image": extra.get("identities_without_aligned_image"),
             "shards": extra.get("shards"),
             "shards_done_now": 0 if self.outcome.reused else extra.get("shards_done_now"),
-            "partition_reused": self.outcome.reused,
             "faces_per_image": self.counter.histogram() or extra.get("faces_per_image"),
             "detector": extra.get("detector"),
-            "random_init": bool(extra.get("random_init")),
             "images_per_second": round(self.counter.images_per_second(), 3),
         }
-        if extra.get("warning"):
-            facts["warning"] = extra["warning"]
-        return facts
+        return outcome_metadata(self.outcome, facts)
 
 
 def source_warning(images_artifact: PartitionArtifact) -> tuple[bool, str | None]:
@@ -251,6 +254,8 @@ def commit_aligned_faces(
         shard.shard_id: shard for shard in generated_image_shards(images_artifact.storage, images_artifact)
     }
     random_init, warning = source_warning(images_artifact)
+    generated = read_generated_index(images_artifact.storage, images_artifact, columns=list(ID_COLUMNS))
+    known = {row["key"]: row for row in generated.to_pylist()}
     stage_config = {"detector": detector.config(), **options.config()}
     config = {
         **stage_config,
@@ -262,7 +267,9 @@ def commit_aligned_faces(
     counter = StageCounter(progress=progress)
 
     def process(shard_id: int) -> pa.Table:
-        data, table = align_shard(images_artifact.storage, shards[shard_id], detector, options, counter)
+        data, table = align_shard(
+            images_artifact.storage, shards[shard_id], detector, options, counter, known
+        )
         relative = f"{OUT_DIR}/{tar_name(shard_id)}"
         storage.write_bytes(artifact.uri(relative), data)
         return with_tar_metadata(table, relative, data)
@@ -299,10 +306,8 @@ def commit_aligned_faces(
             "detector": detector.name,
             "detector_config": detector.config(),
             **options.config(),
-            "random_init": random_init,
+            **provenance_extra(random_init, warning),
         }
-        if warning:
-            extra["warning"] = warning
         return Written(files, rows=counts[ALIGNED], extra=extra)
 
     outcome = materialize_partition(

@@ -28,7 +28,13 @@ import pyarrow.compute as pc
 import torch
 
 from facelake.curation.aligned import aligned_index, iter_aligned_tar, options_of, source_warning
-from facelake.curation.outputs import committed_bytes, write_file, write_table
+from facelake.curation.outputs import (
+    committed_bytes,
+    outcome_metadata,
+    provenance_extra,
+    write_file,
+    write_table,
+)
 from facelake.faces.alignment import arcface_template
 from facelake.faces.identity import (
     EmbeddingSpaceMismatchError,
@@ -49,7 +55,7 @@ from facelake.lake.progress import Progress
 from facelake.lake.shard_stage import read_stage_table, run_shard_stage
 from facelake.lake.storage import Storage
 from facelake.lake.tables import read_parquet
-from facelake.vectors.gram import select_backend
+from facelake.vectors.gram import default_device, select_backend
 from facelake.vectors.neighbours import cross_search, search_block, unit_rows
 
 EMBEDDINGS_DIR = "embeddings"
@@ -64,10 +70,11 @@ RANDOM_EMBEDDER_WARNING = (
 
 @dataclass(frozen=True)
 class AuditOptions:
-    """The consistency threshold (cosine to the own reference), the identities on the contact sheet and the
-    crops per identity there, and crops per embedder batch."""
+    """The consistency threshold (cosine to the own reference; None: the embedder's own same-identity
+    threshold, ``1 − same_identity_cosine_distance``), the identities on the contact sheet and the crops per
+    identity there, and crops per embedder batch."""
 
-    consistency: float = 0.3
+    consistency: float | None = None
     worst_identities: int = 8
     sheet_images: int = 6
     batch_size: int = 64
@@ -101,7 +108,7 @@ def _nearest_other(
     n = len(queries)
     if len(base) < 2 or n == 0:
         return np.full(n, -1, np.int64), np.full(n, np.nan)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     backend = select_backend("auto", base.shape[1], device)
     q, b = torch.from_numpy(queries).to(device), torch.from_numpy(base).to(device)
     exclude = torch.from_numpy(own.astype(np.int64)).to(device)
@@ -110,11 +117,18 @@ def _nearest_other(
 
 
 def audit_identities(
-    embeddings: pa.Table, references: pa.Table, consistency: float, *, device: str | None = None
+    embeddings: pa.Table,
+    references: pa.Table,
+    consistency: float | None = None,
+    *,
+    device: str | None = None,
 ) -> IdentityAudit:
     """Audit image embeddings (``key``, ``identity_id``, ``embedding`` + provenance) against one reference
-    embedding per identity (``identity_id``, ``embedding`` + provenance); refuses two spaces."""
+    embedding per identity (``identity_id``, ``embedding`` + provenance); refuses two spaces. ``consistency``
+    None: the space's own same-identity threshold."""
     space = check_same_space([table_space(t) for t in (references, embeddings) if t.num_rows])
+    if consistency is None:
+        consistency = 1.0 - float(space["embedder_same_identity_cosine_distance"])
     ref_ids, refs = _reference_vectors(references)
     position = {identity: row for row, identity in enumerate(ref_ids)}
     identity = embeddings["identity_id"].to_pylist()
@@ -206,6 +220,9 @@ def _summary(
         ),
         "images_closer_to_other_identity": int(pc.sum(images["closer_to_other"]).as_py() or 0),
         "identities_not_separated": int(pc.sum(pc.invert(identities["separated"])).as_py() or 0),
+        "identities_below_consistency": int(
+            pc.sum(pc.less(identities["mean_cosine"], consistency)).as_py() or 0
+        ),
         "own_cosine_mean": stat(np.mean),
         "own_cosine_median": stat(np.median),
         "own_cosine_min": stat(np.min),
@@ -312,17 +329,15 @@ class AuditResult:
     warnings: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict[str, Any]:
-        extra = self.outcome.manifest.extra
-        facts = {**extra.get("summary", {}), "partition_reused": self.outcome.reused}
-        facts["random_init"] = bool(extra.get("random_init"))
-        if extra.get("warning"):
-            facts["warning"] = extra["warning"]
-        return facts
+        """The summary, reuse and the random-weights warning, for the asset."""
+        return outcome_metadata(self.outcome, self.outcome.manifest.extra.get("summary", {}))
 
     def passed(self) -> bool:
-        """The check: no image below the consistency threshold, and at least one image audited."""
+        """The check: at least one image audited, and every identity consistent: its images' mean cosine to
+        its reference at or above the consistency threshold (single inconsistent images are counted in the
+        summary and left out of the dataset; they do not fail the check)."""
         summary = self.outcome.manifest.extra.get("summary", {})
-        return bool(summary.get("images")) and summary.get("inconsistent_images", 1) == 0
+        return bool(summary.get("images")) and summary.get("identities_below_consistency", 1) == 0
 
 
 def check_embedder_space(embedder: IdentityEmbedder, references: pa.Table) -> dict[str, Any]:
@@ -428,9 +443,7 @@ def commit_identity_audit(
         ]
         files += [write_file(attempt, PLOT_FILE, plot), write_file(attempt, SHEET_FILE, sheet)]
         found.update(audit=audit, plot=plot, sheet=sheet)
-        extra = {**result.stats(), "summary": audit.summary, "random_init": random_init}
-        if warning:
-            extra["warning"] = warning
+        extra = {**result.stats(), "summary": audit.summary, **provenance_extra(random_init, warning)}
         return Written(files, rows=audit.images.num_rows, extra=extra)
 
     outcome = materialize_partition(
@@ -502,7 +515,9 @@ def identity_sheet(
         (f"{identity[-12:]} {mean[identity]:.2f}", [crops[k] for k in keys if k in crops])
         for identity, keys in wanted.items()
     ]
-    title = f"worst identities by mean cosine to their reference (consistency {options.consistency})"
+    title = (
+        f"worst identities by mean cosine to their reference (consistency {audit.summary['consistency']:.3f})"
+    )
     return contact_sheet_png(rows, title=title, warning=warning)
 
 

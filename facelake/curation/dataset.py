@@ -30,7 +30,13 @@ import pyarrow.compute as pc
 from facelake.curation.aligned import aligned_index, iter_aligned_tar, source_warning
 from facelake.curation.audit import IMAGES_FILE, inconsistent_keys
 from facelake.curation.leakage import PAIRS_FILE, leaking_keys
-from facelake.curation.outputs import committed_table, write_json, write_table
+from facelake.curation.outputs import (
+    committed_table,
+    outcome_metadata,
+    provenance_extra,
+    write_json,
+    write_table,
+)
 from facelake.generation.shards import TarBuilder, committed_tars, sample_json, tar_name
 from facelake.lake.commit import (
     Attempt,
@@ -151,12 +157,10 @@ class DatasetResult:
         return bool(self.outcome.manifest.extra.get("empty", True))
 
     def metadata(self) -> dict[str, Any]:
+        """The counts, emptiness, shards, reuse and the random-weights warning, for the asset."""
         extra = self.outcome.manifest.extra
         facts = {**extra.get("counts", {}), "empty": self.empty, "shards": extra.get("webdataset_shards")}
-        facts.update(partition_reused=self.outcome.reused, random_init=bool(extra.get("random_init")))
-        if extra.get("warning"):
-            facts["warning"] = extra["warning"]
-        return facts
+        return outcome_metadata(self.outcome, facts)
 
 
 def commit_dataset(
@@ -206,14 +210,8 @@ def commit_dataset(
         )
         files.append(write_table(attempt, LABELS_FILE, labels.sort_by("label")))
         files.append(write_table(attempt, REMOVED_FILE, plan.removed))
-        summary = {
-            "counts": plan.counts,
-            "empty": plan.empty,
-            "layouts": list(LAYOUTS),
-            "random_init": random_init,
-        }
-        if warning:
-            summary["warning"] = warning
+        summary = {"counts": plan.counts, "empty": plan.empty, "layouts": list(LAYOUTS)}
+        summary.update(provenance_extra(random_init, warning))
         files.append(write_json(attempt, SUMMARY_FILE, summary))
         shards = sorted(set(table["shard"].to_pylist())) if table.num_rows else []
         extra = {**summary, "webdataset_shards": len(shards), "shard_size": options.shard_size}

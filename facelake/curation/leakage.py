@@ -24,7 +24,13 @@ import pyarrow as pa
 from facelake.clip.sheet import contact_sheet
 from facelake.curation.aligned import aligned_index, source_warning
 from facelake.curation.audit import audit_embeddings, combined_warning, read_aligned_crops, table_fingerprint
-from facelake.curation.outputs import committed_bytes, write_file, write_table
+from facelake.curation.outputs import (
+    committed_bytes,
+    outcome_metadata,
+    provenance_extra,
+    write_file,
+    write_table,
+)
 from facelake.curation.pair_search import cross_pairs
 from facelake.faces.identity import check_same_space, space_label, table_embeddings, table_space
 from facelake.lake.commit import Attempt, CommitOutcome, PartitionArtifact, Written, materialize_partition
@@ -241,12 +247,8 @@ class LeakageResult:
     warnings: list[str] = field(default_factory=list)
 
     def metadata(self) -> dict[str, Any]:
-        extra = self.outcome.manifest.extra
-        facts = {**extra.get("summary", {}), "partition_reused": self.outcome.reused}
-        facts["random_init"] = bool(extra.get("random_init"))
-        if extra.get("warning"):
-            facts["warning"] = extra["warning"]
-        return facts
+        """The summary, reuse and the random-weights warning, for the asset."""
+        return outcome_metadata(self.outcome, self.outcome.manifest.extra.get("summary", {}))
 
 
 def commit_leakage(
@@ -304,12 +306,8 @@ def commit_leakage(
         )
         files = [write_table(attempt, PAIRS_FILE, leakage.pairs), write_file(attempt, SHEET_FILE, sheet)]
         found.update(leakage=leakage, sheet=sheet)
-        extra = {
-            "summary": leakage.summary,
-            "random_init": upstream_random or bool(real_random) or bool(space.get("embedder_random_init")),
-        }
-        if warning:
-            extra["warning"] = warning
+        random_init = upstream_random or bool(real_random) or bool(space.get("embedder_random_init"))
+        extra = {"summary": leakage.summary, **provenance_extra(random_init, warning)}
         return Written(files, rows=leakage.pairs.num_rows, extra=extra)
 
     outcome = materialize_partition(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from facelake.lake.commit import Attempt, FileEntry, PartitionArtifact
+from facelake.lake.commit import Attempt, CommitOutcome, FileEntry, PartitionArtifact
 from facelake.lake.tables import read_parquet, write_parquet
 
 
@@ -58,3 +58,17 @@ def committed_bytes(artifact: PartitionArtifact, name: str) -> bytes | None:
     """The committed file ``name`` of a partition (a PNG), or None."""
     uri = committed_uri(artifact, name)
     return None if uri is None else artifact.storage.read_bytes(uri)
+
+
+def provenance_extra(random_init: bool, warning: str | None) -> dict[str, Any]:
+    """The manifest ``extra`` keys that carry random weights upstream: ``random_init``, and ``warning`` if any."""
+    return {"random_init": bool(random_init), **({"warning": warning} if warning else {})}
+
+
+def outcome_metadata(outcome: CommitOutcome, facts: dict[str, Any]) -> dict[str, Any]:
+    """``facts`` plus whether the partition was reused and the random-weights flag and warning of its manifest."""
+    extra = outcome.manifest.extra
+    out = {**facts, "partition_reused": outcome.reused, "random_init": bool(extra.get("random_init"))}
+    if extra.get("warning"):
+        out["warning"] = extra["warning"]
+    return out

@@ -9,15 +9,20 @@ class CurationSettings(BaseModel):
     """How generated faces are audited and exported (``facelake.curation``).
 
     ``consistency``: an aligned image whose cosine to its own identity's reference embedding is below it is
-    *inconsistent* and left out of the dataset. ``leakage_top_k``: the most similar generated × real pairs
+    *inconsistent* and left out of the dataset; an identity whose images' mean cosine is below it fails the
+    audit's check (None: the embedder's own same-identity threshold). ``leakage_top_k``: the most similar generated × real pairs
     removed per real set (the paper: 200); ``leakage_threshold``: every pair at or above this cosine is
     removed as well (None: top-K only). ``embedder``: the audit's identity embedder; None means the
     generator's identity space (the one the references live in)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    consistency: float = Field(
-        0.3, ge=-1.0, le=1.0, description="minimum cosine of an image to its own reference embedding"
+    consistency: float | None = Field(
+        None,
+        ge=-1.0,
+        le=1.0,
+        description="minimum cosine of an image to its own reference embedding (None: the audit embedder's own "
+        "same-identity threshold, 1 - same_identity_cosine_distance: 0.65 for ArcFace)",
     )
     leakage_top_k: int = Field(200, ge=0, description="most similar generated x real pairs per real set")
     leakage_threshold: float | None = Field(

@@ -76,6 +76,7 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
         from dagster_project.definitions import build_definitions
         from facelake.settings import load_settings
 
+        skipped = add_generation_config(world.config_path, load_settings())
         settings = load_settings()
         defs = build_definitions(settings)
         instance = DagsterInstance.get()
@@ -92,6 +93,7 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
             runs.append(job.execute_in_process(partition_key=key, instance=instance))
     runs.append(run_laion_clusters(defs, instance, part))
     later = run_identity_and_hyperface(defs, settings, instance)
+    generation = skipped or run_generation(defs, instance)
     clip = run_clip(defs, settings, instance, part)
     sfhq = run_sfhq(defs, settings, instance)
     return {
@@ -100,9 +102,50 @@ def run_demo(base: Path, port: int, part: str = "00000") -> dict:
         "home": home,
         "runs": [r.run_id for r in runs],
         **later,
+        "generation": generation,
         **clip,
         **sfhq,
     }
+
+
+def add_generation_config(path: Path, settings: FacelakeSettings) -> str | None:
+    """With generator weights configured, add the ArcFace embedder and the tiny generation variant to the
+    config file (:mod:`dagster_project.demo_generation`) and return None; else return the line saying why not."""
+    import yaml
+
+    from dagster_project.demo_generation import generation_config, merge_config
+
+    additions, skipped = generation_config(settings)
+    if additions:
+        config = yaml.safe_load(path.read_text())
+        path.write_text(yaml.safe_dump(merge_config(config, additions), sort_keys=False))
+    return skipped
+
+
+def run_generation(defs: Definitions, instance: DagsterInstance) -> str:
+    """Pack, generate, align, audit and export the tiny ArcFace-space variant; returns its summary line."""
+    import dagster
+
+    from dagster_project.demo_generation import CURATION_ASSETS, GENERATION_VARIANT
+
+    for selection in (["hyperface_reference_embeddings"], list(CURATION_ASSETS)):
+        dagster.materialize(
+            list(defs.assets or []),
+            resources=defs.resources,
+            instance=instance,
+            partition_key=GENERATION_VARIANT,
+            selection=[dagster.AssetKey(a) for a in selection],
+            raise_on_error=False,
+        )
+    from facelake.curation.artifacts import dataset_artifact
+    from facelake.generation.variant import images_artifact
+    from facelake.settings import load_settings
+
+    lake = load_settings().storage()
+    images, dataset = (a(lake, GENERATION_VARIANT).manifest() for a in (images_artifact, dataset_artifact))
+    generated = images.rows if images else 0
+    kept = dataset.extra.get("counts", {}).get("kept", 0) if dataset else 0
+    return f"variant {GENERATION_VARIANT}: {generated} images generated, {kept} kept in hyperface_dataset"
 
 
 def run_laion_clusters(defs: Definitions, instance: DagsterInstance, part: str) -> Any:
@@ -244,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"  outputs          : {lake.uri('laion_face')}")
     print_identity_and_hyperface(summary, lake)
+    print(f"  generation       : {summary['generation']}")
     print_clip(summary, lake)
     print_sfhq(summary, lake)
     print_catalog(lake)

@@ -11,6 +11,7 @@ import duckdb
 from facelake.celebahq.catalog import CELEBAHQ, CLUSTER_ID_FIELDS
 from facelake.clip.catalog import CLIP
 from facelake.clusters.catalog import identity_clusters_section
+from facelake.curation.catalog import CURATION
 from facelake.faces.stages import FACE_ID_FIELDS
 from facelake.generation.shards import INDEX_SCHEMA as GENERATED_IMAGES_SCHEMA
 from facelake.hyperface.catalog import hyperface_section
@@ -27,12 +28,21 @@ SECTIONS = (
     CELEBAHQ,
     identity_clusters_section(CELEBAHQ.dataset, CLUSTER_ID_FIELDS),
     hyperface_section(GENERATED_IMAGES_SCHEMA),
+    CURATION,
     CLIP,
     SFHQ,
 )
 """Every section of the catalog, in view-creation order: each dataset's own, and the identity clusters' views
 over the datasets whose embeddings are clustered (LAION-Face parts, CelebA-HQ)."""
-EMPTY_WITHOUT_GENERATOR = ("hyperface_images",)
+EMPTY_WITHOUT_GENERATOR = (
+    "hyperface_images",
+    "hyperface_aligned",
+    "hyperface_identity_audit",
+    "hyperface_identity_audit_identities",
+    "hyperface_leakage",
+    "hyperface_dataset",
+    "hyperface_dataset_removed",
+)
 """Views that stay empty unless generator weights are configured (their view comments say so)."""
 
 __all__ = [

@@ -111,6 +111,11 @@ def test_demo_materializes_part_00000_into_a_persistent_instance(tmp_path_factor
     identities = DEMO_HYPERFACE_VARIANT["identities"]
     assert f"HyperFace        : variant demo: N={identities}, d=128, gallery 142 faces" in printed
     assert "check            : min_angle_reaches_bound passed" in printed
+    [generation] = re.findall(r"^  generation       : (.*)$", printed, re.MULTILINE)
+    assert generation.startswith(
+        "HyperFace generation skipped, its views stay empty: the Arc2Face generator "
+    )
+    assert f"needs stable-diffusion-v1-5, arc2face under {demo.models}" in generation
     before_clip, clip_heading, clip = printed.partition(CLIP_HEADING)
     assert clip_heading, f"no CLIP section in:\n{printed}"
     assert "trained weights" in before_clip and "RANDOM" not in before_clip, "dlib's weights are real"

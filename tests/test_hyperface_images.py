@@ -238,3 +238,19 @@ def test_curation_runs_to_an_empty_dataset_and_says_why(generated: Generated) ->
     checks = {e.asset_check_key.name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks["counts_add_up"] is True
     assert checks["not_empty"] is False, "an empty dataset fails its check, it does not pass on nothing"
+
+
+def test_the_catalog_views_hold_the_committed_rows(generated: Generated) -> None:
+    from facelake.catalog import open_catalog
+
+    with open_catalog(generated.lake) as conn:
+
+        def count(sql: str) -> int:
+            return conn.execute(sql).fetchone()[0]
+
+        images = IDENTITIES * PER_IDENTITY
+        assert count(f"SELECT count(*) FROM hyperface_images WHERE part = '{VARIANT}'") == images
+        assert count("SELECT count(*) FROM hyperface_aligned WHERE status = 'no_face'") == images
+        assert count("SELECT count(DISTINCT identity_id) FROM hyperface_aligned") == IDENTITIES
+        for view in ("hyperface_identity_audit", "hyperface_leakage", "hyperface_dataset"):
+            assert count(f"SELECT count(*) FROM {view}") == 0, view

@@ -12,8 +12,10 @@ near-duplicates across both (with the blocking check), and a text search over pa
 Then a small SFHQ part (real faces, ``synthetic.sfhq``) goes under the world's sources and ``sfhq_part_job``
 materializes part 1 (index, landmarks, segmentations, the shipped CLIP features, faces, the report).
 Part 00000's face embeddings are also clustered into identities (``laion_face_identity_clusters``), so every
-catalog view has rows except the generation views (no generator weights ship: ``hyperface_images`` stays
-empty and its comment says why) and the SFHQ problem lists (empty on clean data); the summary lists every view
+catalog view has rows except the generation views. HyperFace generation needs Arc2Face's weights, which do
+not ship: without them the demo prints one line saying what to provide and where, and ``hyperface_images``
+and the curation views stay empty (their comments say why); with them it packs, generates, aligns, audits and
+exports a tiny ArcFace-space variant (:mod:`dagster_project.demo_generation`) and the SFHQ problem lists (empty on clean data); the summary lists every view
 with its row count. Afterwards ``make dev`` opens the UI on the same instance, with the runs, partitions and
 metadata of this demo.
 """

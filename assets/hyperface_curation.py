@@ -13,9 +13,11 @@ cleaned set as folders per identity and as webdataset shards; a check that fails
 from typing import Any
 
 from dagster import (
+    AllPartitionMapping,
     AssetCheckResult,
     AssetCheckSeverity,
     AssetCheckSpec,
+    AssetDep,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
@@ -216,7 +218,10 @@ def leakage_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDef
         name=LEAKAGE,
         group_name=group,
         partitions_def=variants,
-        deps=[AssetKey(AUDIT), *(AssetKey(a) for a in real_set_assets(names))],
+        deps=[
+            AssetKey(AUDIT),
+            *(AssetDep(a, partition_mapping=AllPartitionMapping()) for a in real_set_assets(names)),
+        ],
         code_version=version,
         description=f"Leakage audit of one variant: every generated embedding against the real sets {names} "
         f"(one embedding space, refused otherwise), exactly: the top {options.top_k} pairs per real set (as the "

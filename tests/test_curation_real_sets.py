@@ -37,9 +37,13 @@ def test_named_assets_are_lineage_and_must_be_committed(local_storage: Storage) 
         "hyperface_gallery",
         "laion_face_embeddings[00000]",
         "laion_face_embeddings",
-        "celebahq_embeddings",
+        "celebahq_face_embeddings",
     ]
-    assert real_set_assets(names) == ["hyperface_gallery", "laion_face_embeddings", "celebahq_embeddings"]
+    assert real_set_assets(names) == [
+        "hyperface_gallery",
+        "laion_face_embeddings",
+        "celebahq_face_embeddings",
+    ]
     assert real_set_fingerprints(local_storage, names) == {}, "nothing committed: nothing to fingerprint"
     with pytest.raises(
         FacelakeError, match=r"laion_face_embeddings\[00000\].*materialize laion_face_embeddings"

@@ -29,7 +29,7 @@ from facelake.sfhq.settings import PARTS as SFHQ_PARTS
 
 GALLERY, CELEBAHQ, LAION, SFHQ = (
     "hyperface_gallery",
-    "celebahq_embeddings",
+    "celebahq_face_embeddings",
     "laion_face_embeddings",
     "sfhq_face_embeddings",
 )

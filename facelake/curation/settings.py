@@ -30,7 +30,7 @@ class CurationSettings(BaseModel):
     )
     real_sets: list[str] = Field(
         default_factory=lambda: ["hyperface_gallery"],
-        description="real embedding sets checked for leakage: hyperface_gallery, celebahq_embeddings, "
+        description="real embedding sets checked for leakage: hyperface_gallery, celebahq_face_embeddings, "
         "laion_face_embeddings (every committed part, or laion_face_embeddings[00000]), sfhq_face_embeddings, "
         "or a parquet table URI ({sources} expands)",
     )

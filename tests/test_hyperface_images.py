@@ -254,3 +254,22 @@ def test_the_catalog_views_hold_the_committed_rows(generated: Generated) -> None
         assert count("SELECT count(DISTINCT identity_id) FROM hyperface_aligned") == IDENTITIES
         for view in ("hyperface_identity_audit", "hyperface_leakage", "hyperface_dataset"):
             assert count(f"SELECT count(*) FROM {view}") == 0, view
+
+
+def test_exporting_the_empty_dataset_says_so(generated: Generated, tmp_path: Path) -> None:
+    """``facelake hyperface export`` of the empty dataset: exit status 3, the summary files only."""
+    from tests.test_facelake_cli import clean_env, run_facelake
+
+    s3 = generated.lake.s3
+    env = clean_env(FACELAKE_ROOT=generated.lake.root)
+    if generated.lake.protocol != "file":
+        env |= {
+            "FACELAKE_S3__ENDPOINT_URL": s3.endpoint_url,
+            "FACELAKE_S3__KEY": s3.key,
+            "FACELAKE_S3__SECRET": s3.secret,
+        }
+    out = tmp_path / "exported"
+    done = run_facelake("hyperface", "export", "--variant", VARIANT, "--to", str(out), cwd=tmp_path, env=env)
+    assert done.returncode == 3, done.stderr
+    assert "is empty: nothing to train on" in done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "dataset.parquet", "labels.parquet"]

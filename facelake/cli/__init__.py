@@ -34,6 +34,7 @@ COMMANDS: tuple[Command, ...] = (
     Command("status", "facelake.cli.status", "what the lake holds: every partition, committed or not"),
     Command("models", "facelake.models.cli", "make model weights offline from installed packages (import)"),
     Command("search", "facelake.cli.search", "text and image search over a CLIP embeddings asset"),
+    Command("hyperface", "facelake.cli.hyperface", "HyperFace: export a variant's cleaned training set"),
     Command("sfhq", "facelake.cli.sfhq", "SFHQ parts: describe a part's files, counts and validation report"),
     Command(
         "sql",

@@ -54,6 +54,19 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
+def lake_env(storage: Storage) -> dict[str, str]:
+    """:func:`clean_env` with ``storage`` as the lake root (and its S3 endpoint and keys on S3)."""
+    env = clean_env(FACELAKE_ROOT=storage.root)
+    if storage.protocol != "file":
+        s3 = storage.s3
+        env |= {
+            "FACELAKE_S3__ENDPOINT_URL": s3.endpoint_url,
+            "FACELAKE_S3__KEY": s3.key,
+            "FACELAKE_S3__SECRET": s3.secret,
+        }
+    return env
+
+
 # --- a lake like the demo's -----------------------------------------------------------------------------
 
 
@@ -311,10 +324,6 @@ def test_status_of_a_missing_root_exits_2(tmp_path: Path, s3_storage: Storage) -
     local = run_facelake("status", "--root", str(tmp_path / "nowhere"), cwd=tmp_path, env=clean_env())
     assert local.returncode == 2 and local.stdout == ""
     assert f"the lake root {tmp_path / 'nowhere'} does not exist" in local.stderr
-    s3_env = clean_env(
-        FACELAKE_S3__ENDPOINT_URL=s3_storage.s3.endpoint_url,
-        FACELAKE_S3__KEY=S3_KEY,
-        FACELAKE_S3__SECRET=S3_SECRET,
-    )
+    s3_env = lake_env(s3_storage)
     remote = run_facelake("status", "--root", s3_storage.root, cwd=tmp_path, env=s3_env)  # empty bucket
     assert remote.returncode == 2 and f"the lake root {s3_storage.root} does not exist" in remote.stderr

@@ -258,16 +258,9 @@ def test_the_catalog_views_hold_the_committed_rows(generated: Generated) -> None
 
 def test_exporting_the_empty_dataset_says_so(generated: Generated, tmp_path: Path) -> None:
     """``facelake hyperface export`` of the empty dataset: exit status 3, the summary files only."""
-    from tests.test_facelake_cli import clean_env, run_facelake
+    from tests.test_facelake_cli import lake_env, run_facelake
 
-    s3 = generated.lake.s3
-    env = clean_env(FACELAKE_ROOT=generated.lake.root)
-    if generated.lake.protocol != "file":
-        env |= {
-            "FACELAKE_S3__ENDPOINT_URL": s3.endpoint_url,
-            "FACELAKE_S3__KEY": s3.key,
-            "FACELAKE_S3__SECRET": s3.secret,
-        }
+    env = lake_env(generated.lake)
     out = tmp_path / "exported"
     done = run_facelake("hyperface", "export", "--variant", VARIANT, "--to", str(out), cwd=tmp_path, env=env)
     assert done.returncode == 3, done.stderr

@@ -14,7 +14,6 @@ the metrics, a convergence plot and a blocking check on the minimum angle.
 import torch
 from dagster import (
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -30,7 +29,7 @@ from dagster import (
 from assets.areas import area_definitions
 from assets.hyperface_curation import curation_assets, hyperface_curation_job
 from assets.hyperface_images import IMAGES, hyperface_images_job, images_asset
-from assets.materializing import CommitConfig, code_version, materialize_result, owner
+from assets.materializing import CommitConfig, code_version, failing_check, materialize_result, owner
 from assets.pools import GPU_RUN_TAGS, cpu_asset, gpu_asset
 from facelake.faces.identity import EmbedderProfile
 from facelake.hyperface.references import (
@@ -204,16 +203,12 @@ def _reference_metadata(manifest: Manifest) -> dict:
 def _min_angle_check(manifest: Manifest, bound: float) -> AssetCheckResult:
     metrics = manifest.extra.get("metrics", {})
     angle = float(metrics.get("min_angle_deg", float("nan")))
-    return AssetCheckResult(
-        check_name=MIN_ANGLE_CHECK,
-        passed=bool(angle >= bound),
-        severity=AssetCheckSeverity.ERROR,
-        metadata={
-            "min_angle_deg": angle,
-            "bound_deg": float(bound),
-            "initial_min_angle_deg": float(metrics.get("initial_min_angle_deg", float("nan"))),
-        },
-    )
+    metadata = {
+        "min_angle_deg": angle,
+        "bound_deg": float(bound),
+        "initial_min_angle_deg": float(metrics.get("initial_min_angle_deg", float("nan"))),
+    }
+    return failing_check(MIN_ANGLE_CHECK, angle >= bound, metadata)
 
 
 def _limit_cpu_threads(settings: FacelakeSettings) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 from dagster import (
     AllPartitionMapping,
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
@@ -27,7 +26,7 @@ from dagster import (
     define_asset_job,
 )
 
-from assets.materializing import CommitConfig, code_version, materialize_result, owner
+from assets.materializing import CommitConfig, code_version, failing_check, materialize_result, owner
 from assets.pools import GPU_RUN_TAGS, cpu_asset, gpu_asset
 from facelake.curation.aligned import AlignmentOptions, commit_aligned_faces
 from facelake.curation.artifacts import aligned_artifact, audit_artifact, dataset_artifact, leakage_artifact
@@ -131,12 +130,7 @@ def aligned_asset(settings: FacelakeSettings, group: str, images: str, variants)
         )
         counts = result.counts
         parts = sum(int(counts.get(k, 0)) for k in ("aligned", "no_face", "several_faces", "unreadable"))
-        check = AssetCheckResult(
-            check_name=COUNTS_CHECK,
-            passed=bool(parts == int(counts.get("generated", -1))),
-            severity=AssetCheckSeverity.ERROR,
-            metadata={k: int(v) for k, v in counts.items()},
-        )
+        check = failing_check(COUNTS_CHECK, parts == int(counts.get("generated", -1)), counts)
         return _report(context, result, aligned_artifact(lake, name), [check])
 
     return _aligned
@@ -188,11 +182,8 @@ def audit_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDefin
             force=config.force,
             log=context.log.info,
         )
-        check = AssetCheckResult(
-            check_name=CONSISTENCY_CHECK,
-            passed=result.passed(),
-            severity=AssetCheckSeverity.ERROR,
-            metadata=_numbers(result.outcome.manifest.extra.get("summary", {})),
+        check = failing_check(
+            CONSISTENCY_CHECK, result.passed(), result.outcome.manifest.extra.get("summary")
         )
         return _report(
             context,
@@ -282,19 +273,10 @@ def dataset_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDef
             force=config.force,
             log=context.log.info,
         )
-        check = AssetCheckResult(
-            check_name=NOT_EMPTY_CHECK,
-            passed=not result.empty,
-            severity=AssetCheckSeverity.ERROR,
-            metadata=_numbers(result.outcome.manifest.extra.get("counts", {})),
-        )
+        check = failing_check(NOT_EMPTY_CHECK, not result.empty, result.outcome.manifest.extra.get("counts"))
         return _report(context, result, dataset_artifact(lake, name), [check])
 
     return _dataset
-
-
-def _numbers(values: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in values.items() if isinstance(v, int | float) and not isinstance(v, bool)}
 
 
 hyperface_curation_job = define_asset_job(

@@ -12,7 +12,6 @@ later be split over GPUs without renaming anything. Images per identity, beta an
 
 from dagster import (
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
@@ -24,7 +23,7 @@ from dagster import (
     define_asset_job,
 )
 
-from assets.materializing import CommitConfig, code_version, materialize_result, owner
+from assets.materializing import CommitConfig, code_version, failing_check, materialize_result, owner
 from assets.pools import GPU_RUN_TAGS, gpu_asset
 from facelake.generation.stage import GenerationResult
 from facelake.generation.variant import generate_variant_images, images_artifact, missing_generator
@@ -114,11 +113,8 @@ def _count_check(result: GenerationResult) -> AssetCheckResult:
     extra = result.outcome.manifest.extra
     expected = int(extra.get("identities", 0)) * int(extra.get("images_per_identity", 0))
     images = int(result.outcome.manifest.rows or 0)
-    return AssetCheckResult(
-        check_name=COUNT_CHECK,
-        passed=bool(images == expected and images > 0),
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"images": images, "expected": expected},
+    return failing_check(
+        COUNT_CHECK, images == expected and images > 0, {"images": images, "expected": expected}
     )
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from dagster import (
     AssetCheckResult,
+    AssetCheckSeverity,
     AssetExecutionContext,
     Config,
     DataVersion,
@@ -97,6 +98,16 @@ class Commit:
     force: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     """Further :func:`~facelake.lake.commit.materialize_partition` options (``lease_ttl_s``, ``keep``)."""
+
+
+def failing_check(name: str, passed: bool, metadata: dict[str, Any] | None = None) -> AssetCheckResult:
+    """An ERROR-severity check result; ``metadata`` keeps only its numbers (the facts a check shows)."""
+    numbers = {
+        k: v for k, v in (metadata or {}).items() if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    return AssetCheckResult(
+        check_name=name, passed=bool(passed), severity=AssetCheckSeverity.ERROR, metadata=numbers
+    )
 
 
 def commit_and_report(

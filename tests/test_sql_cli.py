@@ -126,7 +126,10 @@ def test_views_lists_every_view_with_its_rows_and_why_generation_is_empty(lake):
     assert int(printed["laion_face_identity_clusters"][2]) == 48 and printed["laion_face_meta"][2] != "0"
 
 
-def test_bad_sql_and_bad_usage_fail_naming_the_problem(lake):
+def test_bad_sql_and_bad_usage_fail_naming_the_problem(local_storage, tmp_path):
+    """What DuckDB refuses does not depend on the storage: one local lake of engine-written tables."""
+    commit_face_tables(local_storage)
+    lake = SqlLake(local_storage, [], clean_env(FACELAKE_ROOT=local_storage.root), tmp_path)
     syntax = lake.sql("SELEC part FROM laion_face_meta")
     assert syntax.returncode == 1 and syntax.stdout == ""
     assert 'facelake sql: SQL error: Parser Error: syntax error at or near "SELEC"' in syntax.stderr

@@ -212,20 +212,62 @@ def _text(value: str) -> MetadataValue:
     return MetadataValue.md("```\n" + value + "\n```")
 
 
+def part_stage(
+    pool: Callable,
+    version: str,
+    name: str,
+    description: str,
+    *,
+    problems_of: str | None = None,
+    deps: Sequence[str] = (INDEX_ASSET,),
+    checks: Sequence[AssetCheckSpec] = (),
+    kinds: set[str] | None = None,
+    **options: Any,
+) -> Callable:
+    """``committed_asset`` for one stage of an SFHQ part: partitioned by part, in the SFHQ group, after
+    ``deps``, with the ``no_problems`` check over ``problems_of`` (what a problem row is about) and ``checks``."""
+    specs = [problems_spec(name, problems_of)] if problems_of else []
+    return committed_asset(
+        pool,
+        version=version,
+        name=name,
+        group_name=GROUP,
+        partitions_def=sfhq_parts,
+        deps=list(deps),
+        check_specs=[*specs, *checks],
+        kinds=kinds or {"parquet"},
+        description=description,
+        **options,
+    )
+
+
+def read_chunked(
+    names: Sequence[str], read: Callable[[list[str]], Any], label: str, unit: str, log: Callable[[str], None]
+) -> tuple[list[pa.Table], pa.Table]:
+    """``read`` over ``names`` in chunks, progress between them: its tables and the problems, concatenated."""
+    progress = Progress(label, len(names), log, unit=unit)
+    tables, problems = [], []
+    for chunk in _chunks(names):
+        result = read(chunk)
+        tables.append(result.table)
+        problems.append(result.problems)
+        progress.advance(len(chunk))
+    progress.finish()
+    return tables, concat_problems(problems)
+
+
 # --- the assets ------------------------------------------------------------------------------------------
 
 
 def index_asset(settings: FacelakeSettings) -> Any:
     version = code_version("1", {"part_uri_template": settings.sfhq.part_uri_template})
 
-    @committed_asset(
+    @part_stage(
         cpu_asset,
-        version=version,
-        name=INDEX_ASSET,
-        group_name=GROUP,
-        partitions_def=sfhq_parts,
-        check_specs=[problems_spec(INDEX_ASSET, "source file")],
-        kinds={"parquet"},
+        version,
+        INDEX_ASSET,
+        problems_of="source file",
+        deps=(),
         description="The SFHQ part's folder (sfhq.part_uri_template under {sources}; local or s3://) listed "
         "once: index.parquet (one row per name seen in images/, landmarks/, segmentations/, "
         "pretrained_features/, a flag per modality) and problems.parquet (every image missing a landmark, map or "
@@ -274,15 +316,11 @@ def landmarks_asset(settings: FacelakeSettings) -> Any:
     }
     version = code_version("1", config)
 
-    @committed_asset(
+    @part_stage(
         cpu_asset,
-        version=version,
-        name=LANDMARKS_ASSET,
-        group_name=GROUP,
-        partitions_def=sfhq_parts,
-        deps=[INDEX_ASSET],
-        check_specs=[problems_spec(LANDMARKS_ASSET, "landmarks file")],
-        kinds={"parquet"},
+        version,
+        LANDMARKS_ASSET,
+        problems_of="landmarks file",
         description="landmarks.parquet: per image with a landmarks file, the 110 points (fixed-size list, "
         "as stored), face box, validity (finite, inside the image; invalid rows kept and reported), eye "
         "centres, inter-ocular distance and roll from the DECLARED, ASSUMED landmark index table "
@@ -297,16 +335,15 @@ def landmarks_asset(settings: FacelakeSettings) -> Any:
         index = settings.sfhq.landmark_index
 
         def write(attempt: Attempt) -> Written:
-            progress = Progress(f"landmarks sfhq[{part}]", len(names), step.context.log.info, unit="files")
-            tables, problems = [], []
-            for chunk in _chunks(names):
-                result = read_landmarks(
+            tables, problems = read_chunked(
+                names,
+                lambda chunk: read_landmarks(
                     scan.part, chunk, index, size=settings.sfhq.image_size, threads=settings.sfhq.threads
-                )
-                tables.append(result.table)
-                problems.append(result.problems)
-                progress.advance(len(chunk))
-            progress.finish()
+                ),
+                f"landmarks sfhq[{part}]",
+                "files",
+                step.context.log.info,
+            )
             table = pa.concat_tables(tables) if tables else _empty_landmarks(index, settings.sfhq)
             valid = int(np.asarray(table.column("valid").to_pylist(), bool).sum())
             extra = {
@@ -316,7 +353,7 @@ def landmarks_asset(settings: FacelakeSettings) -> Any:
                 "landmark_index": index.label(),
                 "landmark_index_assumed": index.assumed,
             }
-            tables_out = {sfhq.LANDMARKS_FILE: table, sfhq.PROBLEMS_FILE: concat_problems(problems)}
+            tables_out = {sfhq.LANDMARKS_FILE: table, sfhq.PROBLEMS_FILE: problems}
             return write_tables_extra(attempt, tables_out, extra, rows_from=sfhq.LANDMARKS_FILE)
 
         def report(manifest: Manifest) -> dict[str, Any]:
@@ -352,15 +389,11 @@ def segmentations_asset(settings: FacelakeSettings) -> Any:
     config = {"image_size": settings.sfhq.image_size}
     version = code_version("1", config)
 
-    @committed_asset(
+    @part_stage(
         cpu_asset,
-        version=version,
-        name=SEGMENTATIONS_ASSET,
-        group_name=GROUP,
-        partitions_def=sfhq_parts,
-        deps=[INDEX_ASSET],
-        check_specs=[problems_spec(SEGMENTATIONS_ASSET, "segmentation map")],
-        kinds={"parquet"},
+        version,
+        SEGMENTATIONS_ASSET,
+        problems_of="segmentation map",
         description="segmentations.parquet: per usable 19-class parsing map, the area fraction of every class, "
         "face / hair / background fractions, eye centroids of classes 4 and 5 with inter-ocular distance and "
         "roll, and the hairline (class 17 over the skin, class 1) in the skin centre column with its height and "
@@ -374,16 +407,15 @@ def segmentations_asset(settings: FacelakeSettings) -> Any:
         run_config = {**config, "index": index_manifest.content_hash}
 
         def write(attempt: Attempt) -> Written:
-            progress = Progress(f"segmentations sfhq[{part}]", len(names), step.context.log.info, unit="maps")
-            tables, problems = [], []
-            for chunk in _chunks(names):
-                result = read_segmentations(
+            tables, problems = read_chunked(
+                names,
+                lambda chunk: read_segmentations(
                     scan.part, chunk, size=settings.sfhq.image_size, threads=settings.sfhq.threads
-                )
-                tables.append(result.table)
-                problems.append(result.problems)
-                progress.advance(len(chunk))
-            progress.finish()
+                ),
+                f"segmentations sfhq[{part}]",
+                "maps",
+                step.context.log.info,
+            )
             table = pa.concat_tables(tables) if tables else read_segmentations(scan.part, []).table
             summary = hairline_summary(table)
             extra = {
@@ -395,7 +427,7 @@ def segmentations_asset(settings: FacelakeSettings) -> Any:
                 "without_hairline": summary.without_hairline,
                 "without_skin": summary.without_skin,
             }
-            tables_out = {sfhq.SEGMENTATIONS_FILE: table, sfhq.PROBLEMS_FILE: concat_problems(problems)}
+            tables_out = {sfhq.SEGMENTATIONS_FILE: table, sfhq.PROBLEMS_FILE: problems}
             return write_tables_extra(attempt, tables_out, extra, rows_from=sfhq.SEGMENTATIONS_FILE)
 
         def report(manifest: Manifest) -> dict[str, Any]:
@@ -515,15 +547,12 @@ def clip_features_asset(settings: FacelakeSettings) -> Any:
     }
     version = code_version("1", config)
 
-    @committed_asset(
+    @part_stage(
         cpu_asset,
-        version=version,
-        name=FEATURES_ASSET,
-        group_name=GROUP,
-        partitions_def=sfhq_parts,
-        deps=[INDEX_ASSET],
-        check_specs=[
-            problems_spec(FEATURES_ASSET, "feature pickle"),
+        version,
+        FEATURES_ASSET,
+        problems_of="feature pickle",
+        checks=[
             AssetCheckSpec(
                 CLAIM_CHECK,
                 asset=FEATURES_ASSET,
@@ -672,15 +701,13 @@ def face_embeddings_asset(settings: FacelakeSettings) -> Any:
     }
     version = code_version("1", config)
 
-    @committed_asset(
+    @part_stage(
         gpu_asset,
-        version=version,
+        version,
+        FACES_ASSET,
+        problems_of="image",
         resources=("models",),
-        name=FACES_ASSET,
-        group_name=GROUP,
-        partitions_def=sfhq_parts,
-        deps=[INDEX_ASSET],
-        check_specs=[problems_spec(FACES_ASSET, "image")],
+        kinds={"pytorch", "parquet"},
         description="Identity embeddings (L2-normalised, with the embedder's provenance) of the largest face of "
         "every SFHQ image of the part (the registry's RetinaFace detector and identity embedder): "
         "embeddings.parquet (name, face_box, face_score, faces_detected, embedding), no_face.parquet (images "
@@ -845,13 +872,11 @@ def report_asset(settings: FacelakeSettings) -> Any:
     }
     version = code_version("1", config)
 
-    @committed_asset(
+    @part_stage(
         cpu_asset,
-        version=version,
-        name=REPORT_ASSET,
-        group_name=GROUP,
-        partitions_def=sfhq_parts,
-        deps=[INDEX_ASSET, LANDMARKS_ASSET, SEGMENTATIONS_ASSET, FEATURES_ASSET],
+        version,
+        REPORT_ASSET,
+        deps=(INDEX_ASSET, LANDMARKS_ASSET, SEGMENTATIONS_ASSET, FEATURES_ASSET),
         kinds={"html"},
         description="The exploratory analysis of the part: counts and every problem, the mean landmark layout "
         "(ASSUMED order), class-area distributions, derived measures, hairline coverage, example images per "

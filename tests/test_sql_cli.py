@@ -17,9 +17,8 @@ import pytest
 
 from facelake.catalog import EMPTY_WITHOUT_GENERATOR, describe, open_catalog, query
 from facelake.lake.storage import Storage
-from tests.conftest import S3_KEY, S3_SECRET
 from tests.test_catalog import commit_face_tables, materialized_part
-from tests.test_facelake_cli import clean_env, run_facelake
+from tests.test_facelake_cli import clean_env, lake_env, run_facelake
 
 STATUS_SQL = "SELECT status, count(*) AS n FROM laion_face_samples GROUP BY status ORDER BY status"
 CLUSTERS_SQL = (
@@ -49,15 +48,8 @@ def lake(request, tmp_path_factory) -> SqlLake:
     """Part 00000 materialized and the face tables committed, once per storage for the module."""
     storage = materialized_part(request, tmp_path_factory).storage
     commit_face_tables(storage)
-    cwd = tmp_path_factory.mktemp("sql_cwd")
-    if request.param == "local":
-        return SqlLake(storage, [], clean_env(FACELAKE_ROOT=storage.root), cwd)
-    env = clean_env(
-        FACELAKE_S3__ENDPOINT_URL=storage.s3.endpoint_url,
-        FACELAKE_S3__KEY=S3_KEY,
-        FACELAKE_S3__SECRET=S3_SECRET,
-    )
-    return SqlLake(storage, ["--root", storage.root], env, cwd)
+    args = [] if request.param == "local" else ["--root", storage.root]  # on S3 the root is given by --root
+    return SqlLake(storage, args, lake_env(storage), tmp_path_factory.mktemp("sql_cwd"))
 
 
 def table_body(stdout: str) -> tuple[list[str], list[list[str]], str]:
@@ -129,7 +121,7 @@ def test_views_lists_every_view_with_its_rows_and_why_generation_is_empty(lake):
 def test_bad_sql_and_bad_usage_fail_naming_the_problem(local_storage, tmp_path):
     """What DuckDB refuses does not depend on the storage: one local lake of engine-written tables."""
     commit_face_tables(local_storage)
-    lake = SqlLake(local_storage, [], clean_env(FACELAKE_ROOT=local_storage.root), tmp_path)
+    lake = SqlLake(local_storage, [], lake_env(local_storage), tmp_path)
     syntax = lake.sql("SELEC part FROM laion_face_meta")
     assert syntax.returncode == 1 and syntax.stdout == ""
     assert 'facelake sql: SQL error: Parser Error: syntax error at or near "SELEC"' in syntax.stderr

@@ -63,6 +63,35 @@ IMAGES_FILE = "images.parquet"
 IDENTITIES_FILE = "identities.parquet"
 PLOT_FILE = "cosines.png"
 SHEET_FILE = "worst_identities.png"
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("identity_id", pa.string()),
+        ("index", pa.int32()),
+        ("own_cosine", pa.float64()),
+        ("other_identity_id", pa.string()),
+        ("other_cosine", pa.float64()),
+        ("inconsistent", pa.bool_()),
+        ("closer_to_other", pa.bool_()),
+    ]
+)
+"""``images.parquet``: one row per audited crop (see the module doc)."""
+IDENTITIES_SCHEMA = pa.schema(
+    [
+        ("identity_id", pa.string()),
+        ("images", pa.int64()),
+        ("mean_cosine", pa.float64()),
+        ("min_cosine", pa.float64()),
+        ("inconsistent_images", pa.int64()),
+        ("spread", pa.float64()),
+        ("centroid_cosine", pa.float64()),
+        ("nearest_identity_id", pa.string()),
+        ("nearest_cosine", pa.float64()),
+        ("margin", pa.float64()),
+        ("separated", pa.bool_()),
+    ]
+)
+"""``identities.parquet``: one row per audited identity (see the module doc)."""
 RANDOM_EMBEDDER_WARNING = (
     "RANDOM TEST WEIGHTS: the audit's embedder is randomly initialised; cosines mean nothing"
 )
@@ -146,7 +175,7 @@ def audit_identities(
         {
             "key": embeddings["key"],
             "identity_id": pa.array(identity, pa.string()),
-            "index": embeddings["index"]
+            "index": embeddings["index"].cast(pa.int32())
             if "index" in embeddings.column_names
             else pa.nulls(len(own), pa.int32()),
             "own_cosine": pa.array(own_cosine, pa.float64()),
@@ -154,7 +183,8 @@ def audit_identities(
             "other_cosine": pa.array(other_cosine, pa.float64()),
             "inconsistent": pa.array(inconsistent),
             "closer_to_other": pa.array(np.nan_to_num(other_cosine, nan=-2.0) > own_cosine),
-        }
+        },
+        schema=IMAGES_SCHEMA,
     )
     identities = _identity_table(vectors, own, own_cosine, inconsistent, refs, ref_ids, device)
     summary = _summary(images, identities, consistency, space)
@@ -190,7 +220,7 @@ def _identity_table(
             "identity_id": pa.array([ref_ids[i] for i in present], pa.string()),
             "images": pa.array(count),
             "mean_cosine": pa.array(np.bincount(slot, own_cosine, len(present)) / np.maximum(count, 1)),
-            "min_cosine": pa.array(minimum),
+            "min_cosine": pa.array(minimum, pa.float64()),
             "inconsistent_images": pa.array(np.bincount(slot, inconsistent, len(present)).astype(np.int64)),
             "spread": pa.array(spread, pa.float64()),
             "centroid_cosine": pa.array(centroid_cosine),
@@ -198,7 +228,8 @@ def _identity_table(
             "nearest_cosine": pa.array(nearest_cosine, pa.float64()),
             "margin": pa.array(margin, pa.float64()),
             "separated": pa.array(np.nan_to_num(margin, nan=1.0) > 0),
-        }
+        },
+        schema=IDENTITIES_SCHEMA,
     )
 
 

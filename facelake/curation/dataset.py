@@ -72,6 +72,17 @@ DATASET_SCHEMA = pa.schema(
 """One row per kept image: a running ``sample_id``, the webdataset ``key``, ids, the integer ``label``, the
 folder-layout ``path`` (relative to the partition) and the webdataset ``shard``."""
 
+REMOVED_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("identity_id", pa.string()),
+        ("index", pa.int32()),
+        ("inconsistent", pa.bool_()),
+        ("leaking", pa.bool_()),
+    ]
+)
+"""``removed.parquet``: one row per aligned image left out of the dataset, and which filter(s) removed it."""
+
 
 @dataclass(frozen=True)
 class DatasetOptions:
@@ -124,7 +135,7 @@ def plan_dataset(
     )
     dropped = aligned.select(["key", "identity_id", "index"]).filter(pa.array(removed))
     dropped = dropped.append_column("inconsistent", pa.array(is_inconsistent[removed]))
-    dropped = dropped.append_column("leaking", pa.array(is_leaking[removed]))
+    dropped = dropped.append_column("leaking", pa.array(is_leaking[removed])).cast(REMOVED_SCHEMA)
     counts = {
         **{k: int(v) for k, v in (alignment_counts or {}).items()},
         "aligned": len(keys),

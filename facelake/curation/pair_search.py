@@ -4,8 +4,8 @@ above a threshold, in one blocked pass that never holds N×M.
 The K most similar pairs of ``queries × base`` (ties: smaller query row, then smaller base row) and every pair
 with cosine ``>= threshold``, where the cosine is the float64 dot of the float32 unit rows. Blocks of the
 product are screened in the fastest measured precision (:func:`facelake.vectors.gram.select_backend`) with the
-proven bound ``b`` on the screening error (:meth:`~facelake.vectors.gram.GramBackend.error_bound`, plus
-float64's own). A running multiset ``S`` of the K largest screened values seen so far (distinct pairs) gives
+proven bound ``b`` on the screening error (:meth:`~facelake.vectors.gram.GramBackend.error_bound`, scaled
+for norms within 1e-6 of 1, plus float64's own). A running multiset ``S`` of the K largest screened values seen so far (distinct pairs) gives
 ``s_K``; every true top-K pair has exact value ``>= s_K − b`` and so screened value ``>= s_K − 2b``. Each block
 keeps the entries at or above ``min(s_K − 2b, threshold − b)`` (tiled extraction,
 :func:`facelake.clusters.dbscan.threshold_candidates`); the first block, before ``S`` holds K values, takes its
@@ -28,6 +28,8 @@ from facelake.vectors.gram import default_device, select_backend, strict_matmul
 from facelake.vectors.neighbours import exact_dots, search_block, unit_rows
 
 _INF = float("inf")
+_NORM_SLACK = 1.0 + 1e-5
+"""The unit-vector bound scaled for rows whose norms ``unit_rows`` leaves within 1e-6 of 1."""
 
 
 @dataclass
@@ -73,7 +75,7 @@ def cross_pairs(
     device = device or default_device()
     backend = select_backend(screen, dim, device)
     rows_per_block = search_block(device, block)
-    bound = backend.error_bound(dim) + float64_bound(dim)
+    bound = backend.error_bound(dim) * _NORM_SLACK + float64_bound(dim)
     thr_low = float32_at_most(float(threshold) - bound) if threshold is not None else _INF
     q_cpu, b_cpu = torch.from_numpy(q), torch.from_numpy(b)
     qs, bs = backend.prepare(q_cpu.to(device)), backend.prepare(b_cpu.to(device))

@@ -152,8 +152,9 @@ def audit_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDefin
             _spec(
                 AUDIT,
                 CONSISTENCY_CHECK,
-                f"every aligned image's cosine to its own reference >= {options.consistency} (not blocking: "
-                "hyperface_dataset leaves the inconsistent images out and reports them)",
+                "every identity's mean cosine to its own reference reaches curation.consistency (None: the "
+                "embedder's same-identity threshold; the value used is in the metadata). Not blocking: "
+                "hyperface_dataset leaves inconsistent images out and reports them",
                 blocking=False,
             )
         ],

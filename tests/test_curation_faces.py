@@ -389,16 +389,9 @@ def test_noise_images_give_no_face_and_an_empty_dataset(tmp_path: Path, detector
 
 def test_facelake_hyperface_export_copies_the_committed_dataset(chain: Chain, tmp_path: Path) -> None:
     """The command line a user runs: the lake (local or S3) from the environment, a local folder as target."""
-    from tests.test_facelake_cli import clean_env, run_facelake
+    from tests.test_facelake_cli import lake_env, run_facelake
 
-    s3 = chain.storage.s3
-    env = clean_env(FACELAKE_ROOT=chain.storage.root)
-    if chain.storage.protocol != "file":
-        env |= {
-            "FACELAKE_S3__ENDPOINT_URL": s3.endpoint_url,
-            "FACELAKE_S3__KEY": s3.key,
-            "FACELAKE_S3__SECRET": s3.secret,
-        }
+    env = lake_env(chain.storage)
     out = tmp_path / "exported"
     done = run_facelake("hyperface", "export", "--variant", VARIANT, "--to", str(out), cwd=tmp_path, env=env)
     assert done.returncode == 0, done.stderr
@@ -420,10 +413,23 @@ def test_the_catalog_views_show_every_stage(chain: Chain) -> None:
         def count(sql: str) -> int:
             return conn.execute(sql).fetchone()[0]
 
-        assert count(f"SELECT count(*) FROM hyperface_aligned WHERE part = '{VARIANT}'") == counts["generated"]
-        assert count(f"SELECT count(*) FROM hyperface_aligned WHERE status = 'aligned' AND part = '{VARIANT}'") == counts["aligned"]
-        assert count(f"SELECT count(*) FROM hyperface_identity_audit WHERE part = '{VARIANT}'") == counts["aligned"]
-        assert count(f"SELECT count(*) FROM hyperface_identity_audit_identities WHERE part = '{VARIANT}'") == 2
+        assert (
+            count(f"SELECT count(*) FROM hyperface_aligned WHERE part = '{VARIANT}'") == counts["generated"]
+        )
+        assert (
+            count(f"SELECT count(*) FROM hyperface_aligned WHERE status = 'aligned' AND part = '{VARIANT}'")
+            == counts["aligned"]
+        )
+        assert (
+            count(f"SELECT count(*) FROM hyperface_identity_audit WHERE part = '{VARIANT}'")
+            == counts["aligned"]
+        )
+        assert (
+            count(f"SELECT count(*) FROM hyperface_identity_audit_identities WHERE part = '{VARIANT}'") == 2
+        )
         assert count(f"SELECT count(*) FROM hyperface_dataset WHERE part = '{VARIANT}'") == counts["kept"]
-        assert count(f"SELECT count(*) FROM hyperface_dataset_removed WHERE part = '{VARIANT}'") == counts["removed"]
+        assert (
+            count(f"SELECT count(*) FROM hyperface_dataset_removed WHERE part = '{VARIANT}'")
+            == counts["removed"]
+        )
         assert count(f"SELECT count(*) FROM hyperface_leakage WHERE rank = 1 AND part = '{VARIANT}'") >= 1

@@ -17,61 +17,21 @@ from __future__ import annotations
 
 import re
 
-import pyarrow as pa
-
 from facelake.curation.aligned import ALIGNED_SCHEMA
-from facelake.curation.audit import IDENTITIES_FILE, IMAGES_FILE
-from facelake.curation.dataset import DATASET_SCHEMA, INDEX_FILE, REMOVED_FILE
+from facelake.curation.audit import IDENTITIES_FILE, IDENTITIES_SCHEMA, IMAGES_FILE, IMAGES_SCHEMA
+from facelake.curation.dataset import DATASET_SCHEMA, INDEX_FILE, REMOVED_FILE, REMOVED_SCHEMA
 from facelake.curation.leakage import PAIRS_FILE, PAIRS_SCHEMA
 from facelake.hyperface.references import DATASET
 from facelake.lake.catalog import CatalogSection, ViewSource, named_file
-
-AUDIT_IMAGES_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("identity_id", pa.string()),
-        ("index", pa.int32()),
-        ("own_cosine", pa.float64()),
-        ("other_identity_id", pa.string()),
-        ("other_cosine", pa.float64()),
-        ("inconsistent", pa.bool_()),
-        ("closer_to_other", pa.bool_()),
-    ]
-)
-AUDIT_IDENTITIES_SCHEMA = pa.schema(
-    [
-        ("identity_id", pa.string()),
-        ("images", pa.int64()),
-        ("mean_cosine", pa.float64()),
-        ("min_cosine", pa.float64()),
-        ("inconsistent_images", pa.int64()),
-        ("spread", pa.float64()),
-        ("centroid_cosine", pa.float64()),
-        ("nearest_identity_id", pa.string()),
-        ("nearest_cosine", pa.float64()),
-        ("margin", pa.float64()),
-        ("separated", pa.bool_()),
-    ]
-)
-"""The audit tables' columns while nothing is committed (:func:`facelake.curation.audit.audit_identities`)."""
-REMOVED_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("identity_id", pa.string()),
-        ("index", pa.int32()),
-        ("inconsistent", pa.bool_()),
-        ("leaking", pa.bool_()),
-    ]
-)
 
 CURATION = CatalogSection(
     DATASET,
     "curation_views.sql",
     (
         ViewSource("aligned_source", "aligned", re.compile(r"shards/[0-9]+\.parquet"), ALIGNED_SCHEMA),
-        ViewSource("audit_images_source", "identity_audit", named_file(IMAGES_FILE), AUDIT_IMAGES_SCHEMA),
+        ViewSource("audit_images_source", "identity_audit", named_file(IMAGES_FILE), IMAGES_SCHEMA),
         ViewSource(
-            "audit_identities_source", "identity_audit", named_file(IDENTITIES_FILE), AUDIT_IDENTITIES_SCHEMA
+            "audit_identities_source", "identity_audit", named_file(IDENTITIES_FILE), IDENTITIES_SCHEMA
         ),
         ViewSource("pairs_source", "leakage", named_file(PAIRS_FILE), PAIRS_SCHEMA),
         ViewSource("dataset_source", "dataset", named_file(INDEX_FILE), DATASET_SCHEMA),

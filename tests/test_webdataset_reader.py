@@ -67,6 +67,12 @@ def check_part_reads(world, storage) -> None:
     batch = next(iter_shard_images(storage, shards[0], batch_size=5, decode=False))
     assert len(batch) == 5 and all(isinstance(b, bytes) and b[:2] == b"\xff\xd8" for b in batch.images)
     assert [m["SAMPLE_ID"] for m in batch.metadata] == batch.sample_ids.tolist()
+    # the leakage sheet's real images: stored bytes by key, read from the keys' shards only
+    from facelake.curation.real_sets import laion_images_by_key
+
+    wanted = [batch.keys[0], shards[-1].keys[-1], "99999999"]
+    found = laion_images_by_key(storage, "00000")(wanted)
+    assert set(found) == set(wanted[:2]) and found[batch.keys[0]] == batch.images[0]
 
 
 def test_reader_yields_the_success_samples_and_never_a_later_opt_out(laion_world):

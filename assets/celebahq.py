@@ -14,15 +14,18 @@ import pyarrow as pa
 from dagster import (
     AssetExecutionContext,
     AssetKey,
-    AssetSelection,
     Definitions,
     MaterializeResult,
-    define_asset_job,
 )
 
-from assets.areas import area_definitions
+from assets.areas import area_definitions, asset_job
 from assets.clusters import identity_clusters_asset
-from assets.faces.stages import stage_metadata
+from assets.faces.stages import (
+    embedder_config,
+    primary_face_extra,
+    primary_face_metadata,
+    primary_face_models,
+)
 from assets.materializing import Commit, CommitConfig, code_version, commit_and_report, source_fingerprints
 from assets.pools import ArtifactFor, cpu_asset, gpu_asset
 from facelake.celebahq import dataset as celebahq
@@ -33,7 +36,6 @@ from facelake.laion.artifacts import committed_file
 from facelake.lake.commit import Attempt, FileEntry, Written
 from facelake.lake.storage import Storage
 from facelake.lake.tables import read_parquet
-from facelake.models.registry import detector_model
 from facelake.settings import FacelakeSettings
 from resources import StorageResource
 from resources.models import ModelRegistryResource
@@ -119,17 +121,7 @@ def celebahq_assets(settings: FacelakeSettings) -> list:
             lambda manifest: {"source": folder, "source_files": len(files)},
         )
 
-    models = settings.models
-    embed_version = code_version(
-        "1",
-        {
-            "embedder": models.embedder,
-            "backbone": models.detector_backbone,
-            "max_side": models.detector_max_side,
-            "threshold": models.detector_threshold,
-            "paths": models.paths,
-        },
-    )
+    embed_version = code_version("1", embedder_config(settings.models))
 
     @gpu_asset(
         name="celebahq_face_embeddings",
@@ -149,15 +141,9 @@ def celebahq_assets(settings: FacelakeSettings) -> list:
         lake = storage.get()
         index_uri, index_manifest = _committed(lake, celebahq.images_artifact, celebahq.INDEX_FILE)
         artifact = celebahq.embeddings_artifact(lake)
-        detector, embedder = models.detector(), models.identity_embedder()
-        weights = models.describe(detector_model(models.detector_backbone))
+        detector, embedder, identity = primary_face_models(models)
         profile = embedder.profile
-        stage_config = {
-            **detector.config(),
-            "detector_weights_sha256": weights["sha256"],
-            **profile.provenance(),
-            "images": index_manifest.content_hash,
-        }
+        stage_config = {**identity, "images": index_manifest.content_hash}
         counter = StageCounter()
         context.log.info(f"{detector.name} on {detector.device}; embedder {profile.describe()}")
 
@@ -174,28 +160,16 @@ def celebahq_assets(settings: FacelakeSettings) -> list:
             ):
                 write_parquet(lake, attempt.uri(file_name), table)
                 files.append(attempt.entry(attempt.uri(file_name), rows=table.num_rows))
-            extra = {
-                "images": index.num_rows,
-                "faces_embedded": embedded.embeddings.num_rows,
-                "images_without_face": embedded.no_face.num_rows,
-                "embedder": profile.provenance(),
-            }
+            extra = primary_face_extra(index.num_rows, embedded, profile)
             return Written(files, rows=embedded.embeddings.num_rows, extra=extra)
 
         def report(manifest) -> dict[str, Any]:
-            extra = manifest.extra
-            return stage_metadata(
+            return primary_face_metadata(
                 counter,
-                {
-                    "detector": detector.name,
-                    "device": str(detector.device),
-                    "embedder": profile.describe(),
-                    "random_init": profile.random_init,
-                    "same_identity_cosine_distance": profile.same_identity_cosine_distance,
-                    "images": extra["images"],
-                    "faces_embedded": extra["faces_embedded"],
-                    "images_without_face": extra["images_without_face"],
-                },
+                detector,
+                profile,
+                manifest.extra,
+                same_identity_cosine_distance=profile.same_identity_cosine_distance,
             )
 
         return commit_and_report(
@@ -215,10 +189,10 @@ def celebahq_assets(settings: FacelakeSettings) -> list:
     return [celebahq_images, celebahq_face_embeddings, clusters]
 
 
-celebahq_identity_job = define_asset_job(
+celebahq_identity_job = asset_job(
     "celebahq_identity_job",
-    selection=AssetSelection.assets(*CELEBAHQ_ASSETS),
-    description="CelebA-HQ identity labels as on the celebahq_512_id_clusters card: index the jxie/celeba-hq "
+    CELEBAHQ_ASSETS,
+    "CelebA-HQ identity labels as on the celebahq_512_id_clusters card: index the jxie/celeba-hq "
     "parquet export, embed one face per image (GPU step), DBSCAN (cosine, eps from the embedder's profile, the "
     "NN-similarity valley or fixed; min_samples 2) with noise as singleton identities, and the centroid check.",
 )

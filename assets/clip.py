@@ -35,16 +35,14 @@ from dagster import (
     AssetCheckResult,
     AssetKey,
     AssetsDefinition,
-    AssetSelection,
     Definitions,
     MaterializeResult,
     MetadataValue,
     PartitionsDefinition,
     asset_check,
-    define_asset_job,
 )
 
-from assets.areas import area_definitions
+from assets.areas import area_definitions, gpu_job
 from assets.materializing import (
     Commit,
     Plan,
@@ -56,7 +54,7 @@ from assets.materializing import (
     owner,
 )
 from assets.partitions import laion_parts
-from assets.pools import GPU_RUN_TAGS, GPU_TAGS, ArtifactFor, cpu_asset, gpu_asset
+from assets.pools import GPU_TAGS, ArtifactFor, cpu_asset, gpu_asset
 from facelake.celebahq import dataset as celebahq
 from facelake.clip.ann import INDEX_FILE as ANN_INDEX_FILE
 from facelake.clip.ann import PARAMS_FILE as ANN_PARAMS_FILE
@@ -329,16 +327,25 @@ def clip_embeddings_asset(
 # --- search index and probe sheets ---------------------------------------------------------------------------
 
 
+INDEX_SETTINGS = {"exact_search_max_rows", "ann_nlist", "ann_recall_target", "ann_probe_queries", "probe_k"}
+"""The clip settings a search index depends on as they are (with the probe prompts and the model's output)."""
+
+
 def _index_config(settings: ClipSettings) -> dict[str, Any]:
     return {
-        "exact_search_max_rows": settings.exact_search_max_rows,
-        "ann_nlist": settings.ann_nlist,
-        "ann_recall_target": settings.ann_recall_target,
-        "ann_probe_queries": settings.ann_probe_queries,
+        **settings.model_dump(include=INDEX_SETTINGS),
         "probe_prompts": list(settings.probe_prompts),
-        "probe_k": settings.probe_k,
         "model": settings.output_config(),
     }
+
+
+def _ann_options(settings: ClipSettings) -> dict[str, Any]:
+    """:func:`~facelake.clip.ann.build_ann`'s options from the clip settings."""
+    return dict(
+        nlist=settings.ann_nlist,
+        recall_target=settings.ann_recall_target,
+        probe_count=settings.ann_probe_queries,
+    )
 
 
 def probe_sheets(
@@ -426,13 +433,7 @@ def clip_index_asset(
             files, ann, params = [], None, {}
             if n > limit:
                 log.info(f"{n:,} rows > exact_search_max_rows {limit:,}: building a faiss IVF-Flat index")
-                ann = build_ann(
-                    data.vectors,
-                    data.space,
-                    nlist=clip.ann_nlist,
-                    recall_target=clip.ann_recall_target,
-                    probe_count=clip.ann_probe_queries,
-                )
+                ann = build_ann(data.vectors, data.space, **_ann_options(clip))
                 params = ann.params
                 for file_name, content in (
                     (ANN_INDEX_FILE, ann.to_bytes()),
@@ -765,18 +766,16 @@ def clip_assets(settings: FacelakeSettings) -> list:
     ]
 
 
-laion_face_clip_job = define_asset_job(
+laion_face_clip_job = gpu_job(
     "laion_face_clip_job",
-    selection=AssetSelection.assets(*LAION_FACE_CLIP_ASSETS),
-    tags=GPU_RUN_TAGS,
-    description="CLIP embeddings of one downloaded LAION-Face part (GPU step) and its search index (exact below "
+    LAION_FACE_CLIP_ASSETS,
+    "CLIP embeddings of one downloaded LAION-Face part (GPU step) and its search index (exact below "
     "the size threshold, faiss above it) with the probe prompts' contact sheets.",
 )
-clip_job = define_asset_job(
+clip_job = gpu_job(
     "clip_job",
-    selection=AssetSelection.assets(*CLIP_ASSETS),
-    tags=GPU_RUN_TAGS,
-    description="CLIP embeddings of CelebA-HQ (GPU step), then the near-duplicates across the configured "
+    CLIP_ASSETS,
+    "CLIP embeddings of CelebA-HQ (GPU step), then the near-duplicates across the configured "
     "embedding assets with the blocking check that no two kept images exceed the threshold.",
 )
 

@@ -14,23 +14,20 @@ the metrics, a convergence plot and a blocking check on the minimum angle.
 import torch
 from dagster import (
     AssetCheckResult,
-    AssetCheckSpec,
     AssetExecutionContext,
     AssetKey,
     AssetsDefinition,
-    AssetSelection,
     Definitions,
     MaterializeResult,
     MetadataValue,
-    StaticPartitionsDefinition,
-    define_asset_job,
 )
 
-from assets.areas import area_definitions
+from assets.areas import area_definitions, gpu_job
 from assets.hyperface_curation import curation_assets, hyperface_curation_job
 from assets.hyperface_images import IMAGES, hyperface_images_job, images_asset
+from assets.hyperface_variants import GROUP, VariantStep, check_spec, variant_asset
 from assets.materializing import CommitConfig, code_version, failing_check, materialize_result, owner
-from assets.pools import GPU_RUN_TAGS, cpu_asset, gpu_asset
+from assets.pools import cpu_asset, gpu_asset
 from facelake.faces.identity import EmbedderProfile
 from facelake.hyperface.references import (
     PLOT_FILE,
@@ -46,32 +43,24 @@ from facelake.hyperface.references import (
 from facelake.laion import artifacts as laion_artifacts
 from facelake.laion.formats import LAION_PARTS
 from facelake.lake.commit import Manifest
-from facelake.lake.errors import UnknownPartitionError
 from facelake.lake.plots import png_markdown
 from facelake.settings import FacelakeSettings
 from facelake.sfhq import artifacts as sfhq_artifacts
 from facelake.sfhq.settings import PARTS as SFHQ_PARTS
 from resources import StorageResource
 
-GROUP = "hyperface"
 GALLERY = "hyperface_gallery"
 REFERENCE = "hyperface_reference_embeddings"
 MIN_ANGLE_CHECK = "min_angle_reaches_bound"
 
 
-def hyperface_variants(settings: FacelakeSettings) -> StaticPartitionsDefinition:
-    """The variant names of the settings as static partition keys (e.g. ``demo``, ``10k``, ``50k``)."""
-    return StaticPartitionsDefinition(list(settings.hyperface.variants))
-
-
 def hyperface_assets(settings: FacelakeSettings) -> list[AssetsDefinition]:
     """The gallery, the per-variant reference embeddings (with their min-angle check) and images."""
-    variants = hyperface_variants(settings)
     return [
         gallery_asset(settings),
         reference_embeddings_asset(settings),
-        images_asset(settings, GROUP, REFERENCE, variants),
-        *curation_assets(settings, GROUP, IMAGES, variants),
+        images_asset(settings, REFERENCE),
+        *curation_assets(settings, IMAGES),
     ]
 
 
@@ -126,20 +115,18 @@ def reference_embeddings_asset(settings: FacelakeSettings) -> AssetsDefinition:
     hyperface = settings.hyperface
     validate_variants(hyperface.variants)
     version = code_version("1", {"shard_size": hyperface.shard_size})
-    variants = hyperface_variants(settings)
 
-    @gpu_asset(
-        name=REFERENCE,
-        group_name=GROUP,
-        partitions_def=variants,
-        deps=[AssetKey(GALLERY)],
-        code_version=version,
+    @variant_asset(
+        gpu_asset,
+        settings,
+        REFERENCE,
+        [GALLERY],
+        version,
         check_specs=[
-            AssetCheckSpec(
+            check_spec(
+                REFERENCE,
                 MIN_ANGLE_CHECK,
-                asset=REFERENCE,
-                blocking=True,
-                description="The packed minimum pairwise angle reaches the variant's min_angle_deg (settings).",
+                "The packed minimum pairwise angle reaches the variant's min_angle_deg (settings).",
             )
         ],
         description="HyperFace reference embeddings of one variant (N identities packed on the unit sphere of "
@@ -147,14 +134,8 @@ def reference_embeddings_asset(settings: FacelakeSettings) -> AssetsDefinition:
         f"identities-NNNNN.parquet of {hyperface.shard_size} identities with stable ids {{variant}}-NNNNNNN, "
         "the embedder provenance, a convergence plot and packing.json.",
     )
-    def _reference(
-        context: AssetExecutionContext, config: CommitConfig, storage: StorageResource
-    ) -> MaterializeResult:
-        lake, name = storage.get(), context.partition_key
-        if name not in hyperface.variants:
-            raise UnknownPartitionError(
-                name, f"a variant of hyperface.variants: {sorted(hyperface.variants)}"
-            )
+    def _reference(step: VariantStep) -> MaterializeResult:
+        context, lake, name = step.context, step.lake, step.variant
         variant = hyperface.variants[name]
         _limit_cpu_threads(settings)
         space = gallery_artifact(lake).require_manifest().extra["space"]
@@ -171,7 +152,7 @@ def reference_embeddings_asset(settings: FacelakeSettings) -> AssetsDefinition:
             shard_size=hyperface.shard_size,
             code_version=version,
             owner=owner(context),
-            force=config.force,
+            force=step.config.force,
             lease_ttl_s=hyperface.lease_ttl_s,
             progress=context.log.info,
         )
@@ -218,11 +199,10 @@ def _limit_cpu_threads(settings: FacelakeSettings) -> None:
         torch.set_num_threads(threads)
 
 
-hyperface_reference_job = define_asset_job(
+hyperface_reference_job = gpu_job(
     "hyperface_reference_job",
-    selection=AssetSelection.assets(REFERENCE),
-    tags=GPU_RUN_TAGS,
-    description="HyperFace reference embeddings of one variant (partition key = variant name from "
+    [REFERENCE],
+    "HyperFace reference embeddings of one variant (partition key = variant name from "
     "hyperface.variants; GPU step: pool 'gpu', celery queue 'gpu'), with the blocking minimum-angle check. "
     "Materialize hyperface_gallery first.",
 )

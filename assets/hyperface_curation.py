@@ -15,19 +15,17 @@ from typing import Any
 from dagster import (
     AllPartitionMapping,
     AssetCheckResult,
-    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
-    AssetKey,
     AssetsDefinition,
-    AssetSelection,
     MaterializeResult,
     MetadataValue,
-    define_asset_job,
 )
 
-from assets.materializing import CommitConfig, code_version, failing_check, materialize_result, owner
-from assets.pools import GPU_RUN_TAGS, cpu_asset, gpu_asset
+from assets.areas import gpu_job
+from assets.hyperface_variants import VariantStep, check_spec, variant_asset
+from assets.materializing import code_version, failing_check, materialize_result
+from assets.pools import cpu_asset, gpu_asset
 from facelake.curation.aligned import AlignmentOptions, commit_aligned_faces
 from facelake.curation.artifacts import aligned_artifact, audit_artifact, dataset_artifact, leakage_artifact
 from facelake.curation.audit import AuditOptions, commit_identity_audit
@@ -37,11 +35,8 @@ from facelake.curation.real_sets import real_set_assets, real_set_fingerprints, 
 from facelake.generation.space import ARCFACE_NAME
 from facelake.generation.variant import images_artifact
 from facelake.hyperface.references import read_reference_embeddings, reference_artifact
-from facelake.lake.errors import UnknownPartitionError
 from facelake.lake.plots import png_markdown
 from facelake.settings import FacelakeSettings
-from resources import StorageResource
-from resources.models import ModelRegistryResource
 
 ALIGNED, AUDIT = "hyperface_aligned", "hyperface_identity_audit"
 LEAKAGE, DATASET = "hyperface_leakage", "hyperface_dataset"
@@ -50,23 +45,14 @@ DEFAULT_AUDIT_EMBEDDER = "arcface"
 """The registry's embedder of the generator's identity space (``facelake.generation.space``: ArcFace 512-d)."""
 
 
-def curation_assets(settings: FacelakeSettings, group: str, images: str, variants) -> list[AssetsDefinition]:
+def curation_assets(settings: FacelakeSettings, images: str) -> list[AssetsDefinition]:
     """The four curation assets of every variant, downstream of ``images``."""
     return [
-        aligned_asset(settings, group, images, variants),
-        audit_asset(settings, group, variants),
-        leakage_asset(settings, group, variants),
-        dataset_asset(settings, group, variants),
+        aligned_asset(settings, images),
+        audit_asset(settings),
+        leakage_asset(settings),
+        dataset_asset(settings),
     ]
-
-
-def _variant(settings: FacelakeSettings, context: AssetExecutionContext) -> str:
-    name = context.partition_key
-    if name not in settings.hyperface.variants:
-        raise UnknownPartitionError(
-            name, f"a variant of hyperface.variants: {sorted(settings.hyperface.variants)}"
-        )
-    return name
 
 
 def _pngs(**pngs: bytes | None) -> dict[str, Any]:
@@ -86,70 +72,60 @@ def _report(
     return materialize_result(context, artifact, result.outcome, {**metadata, **_pngs(**pngs)}, checks)
 
 
-def _spec(asset: str, name: str, description: str, blocking: bool = True) -> AssetCheckSpec:
-    return AssetCheckSpec(name, asset=asset, blocking=blocking, description=description)
-
-
-def aligned_asset(settings: FacelakeSettings, group: str, images: str, variants) -> AssetsDefinition:
+def aligned_asset(settings: FacelakeSettings, images: str) -> AssetsDefinition:
     curation = settings.curation
     options = AlignmentOptions(size=curation.aligned_size, jpeg_quality=curation.jpeg_quality)
     version = code_version("1", options.config())
 
-    @gpu_asset(
-        name=ALIGNED,
-        group_name=group,
-        partitions_def=variants,
-        deps=[AssetKey(images)],
-        code_version=version,
+    @variant_asset(
+        gpu_asset,
+        settings,
+        ALIGNED,
+        [images],
+        version,
+        resources=("models",),
         kinds={"pytorch", "webdataset"},
         check_specs=[
-            _spec(ALIGNED, COUNTS_CHECK, "generated = aligned + no face + several faces + unreadable")
+            check_spec(ALIGNED, COUNTS_CHECK, "generated = aligned + no face + several faces + unreadable")
         ],
         description="The generated faces of one variant aligned to the 112x112 ArcFace template from RetinaFace's "
         "five landmarks (the configured detector); images with no face or several faces are listed with the "
         "reason and excluded. Webdataset shards of crops (jpg + json) and an index, committed per shard.",
     )
-    def _aligned(
-        context: AssetExecutionContext,
-        config: CommitConfig,
-        storage: StorageResource,
-        models: ModelRegistryResource,
-    ) -> MaterializeResult:
-        lake, name = storage.get(), _variant(settings, context)
-        detector = models.detector()
-        context.log.info(f"aligning hyperface_images[{name}] with {detector.name} on {detector.device}")
+    def _aligned(step: VariantStep) -> MaterializeResult:
+        lake, name = step.lake, step.variant
+        detector = step.resource("models").detector()
+        step.context.log.info(f"aligning hyperface_images[{name}] with {detector.name} on {detector.device}")
         result = commit_aligned_faces(
             aligned_artifact(lake, name),
             images_artifact(lake, name),
             detector,
             options,
-            code_version=version,
-            owner=owner(context),
-            force=config.force,
-            log=context.log.info,
+            **step.commit_options(),
         )
         counts = result.counts
         parts = sum(int(counts.get(k, 0)) for k in ("aligned", "no_face", "several_faces", "unreadable"))
         check = failing_check(COUNTS_CHECK, parts == int(counts.get("generated", -1)), counts)
-        return _report(context, result, aligned_artifact(lake, name), [check])
+        return _report(step.context, result, aligned_artifact(lake, name), [check])
 
     return _aligned
 
 
-def audit_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDefinition:
+def audit_asset(settings: FacelakeSettings) -> AssetsDefinition:
     curation = settings.curation
     embedder_name = curation.embedder or DEFAULT_AUDIT_EMBEDDER
     options = AuditOptions(consistency=curation.consistency, worst_identities=curation.worst_identities)
     version = code_version("1", {**options.config(), "embedder": embedder_name})
 
-    @gpu_asset(
-        name=AUDIT,
-        group_name=group,
-        partitions_def=variants,
-        deps=[AssetKey(ALIGNED)],
-        code_version=version,
+    @variant_asset(
+        gpu_asset,
+        settings,
+        AUDIT,
+        [ALIGNED],
+        version,
+        resources=("models",),
         check_specs=[
-            _spec(
+            check_spec(
                 AUDIT,
                 CONSISTENCY_CHECK,
                 "every identity's mean cosine to its own reference reaches curation.consistency (None: the "
@@ -163,31 +139,23 @@ def audit_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDefin
         "per identity the cosine to its own reference, the spread, the nearest other identity; distributions "
         "and the worst identities as contact sheets in the metadata.",
     )
-    def _audit(
-        context: AssetExecutionContext,
-        config: CommitConfig,
-        storage: StorageResource,
-        models: ModelRegistryResource,
-    ) -> MaterializeResult:
-        lake, name = storage.get(), _variant(settings, context)
+    def _audit(step: VariantStep) -> MaterializeResult:
+        lake, name = step.lake, step.variant
         references = read_reference_embeddings(lake, reference_artifact(lake, name))
-        embedder = models.registry().embedder(embedder_name)
+        embedder = step.resource("models").registry().embedder(embedder_name)
         result = commit_identity_audit(
             audit_artifact(lake, name),
             aligned_artifact(lake, name),
             embedder,
             references,
             options,
-            code_version=version,
-            owner=owner(context),
-            force=config.force,
-            log=context.log.info,
+            **step.commit_options(),
         )
         check = failing_check(
             CONSISTENCY_CHECK, result.passed(), result.outcome.manifest.extra.get("summary")
         )
         return _report(
-            context,
+            step.context,
             result,
             audit_artifact(lake, name),
             [check],
@@ -198,7 +166,7 @@ def audit_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDefin
     return _audit
 
 
-def leakage_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDefinition:
+def leakage_asset(settings: FacelakeSettings) -> AssetsDefinition:
     curation = settings.curation
     names = list(curation.real_sets)
     options = LeakageOptions(
@@ -206,84 +174,70 @@ def leakage_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDef
     )
     version = code_version("1", {**options.config(), "real_sets": names})
 
-    @gpu_asset(
-        name=LEAKAGE,
-        group_name=group,
-        partitions_def=variants,
-        deps=[
-            AssetKey(AUDIT),
-            *(AssetDep(a, partition_mapping=AllPartitionMapping()) for a in real_set_assets(names)),
-        ],
-        code_version=version,
+    @variant_asset(
+        gpu_asset,
+        settings,
+        LEAKAGE,
+        [AUDIT, *(AssetDep(a, partition_mapping=AllPartitionMapping()) for a in real_set_assets(names))],
+        version,
         description=f"Leakage audit of one variant: every generated embedding against the real sets {names} "
         f"(one embedding space, refused otherwise), exactly: the top {options.top_k} pairs per real set (as the "
         f"paper) and every pair with cosine >= {options.threshold}; the worst pairs drawn generated beside real.",
     )
-    def _leakage(
-        context: AssetExecutionContext, config: CommitConfig, storage: StorageResource
-    ) -> MaterializeResult:
-        lake, name = storage.get(), _variant(settings, context)
+    def _leakage(step: VariantStep) -> MaterializeResult:
+        lake, name = step.lake, step.variant
         real = resolve_real_sets(lake, names, expand=settings.source_uri)
-        context.log.info(f"real sets: {[(s.name, s.table.num_rows) for s in real]}")
+        step.context.log.info(f"real sets: {[(s.name, s.table.num_rows) for s in real]}")
         result = commit_leakage(
             leakage_artifact(lake, name),
             audit_artifact(lake, name),
             aligned_artifact(lake, name),
             real,
             options,
-            code_version=version,
-            owner=owner(context),
             run_config={"real_sets": real_set_fingerprints(lake, names, expand=settings.source_uri)},
-            force=config.force,
-            log=context.log.info,
+            **step.commit_options(),
         )
-        return _report(context, result, leakage_artifact(lake, name), [], worst_pairs=result.sheet)
+        return _report(step.context, result, leakage_artifact(lake, name), [], worst_pairs=result.sheet)
 
     return _leakage
 
 
-def dataset_asset(settings: FacelakeSettings, group: str, variants) -> AssetsDefinition:
+def dataset_asset(settings: FacelakeSettings) -> AssetsDefinition:
     options = DatasetOptions(shard_size=settings.curation.dataset_shard_size)
     version = code_version("1", {"shard_size": options.shard_size})
 
-    @cpu_asset(
-        name=DATASET,
-        group_name=group,
-        partitions_def=variants,
-        deps=[AssetKey(LEAKAGE), AssetKey(AUDIT), AssetKey(ALIGNED)],
-        code_version=version,
+    @variant_asset(
+        cpu_asset,
+        settings,
+        DATASET,
+        [LEAKAGE, AUDIT, ALIGNED],
+        version,
         kinds={"webdataset", "parquet"},
-        check_specs=[_spec(DATASET, NOT_EMPTY_CHECK, "the cleaned dataset holds at least one image")],
+        check_specs=[check_spec(DATASET, NOT_EMPTY_CHECK, "the cleaned dataset holds at least one image")],
         description="The cleaned HyperFace training set of one variant: aligned crops minus (leaking ∪ "
         "inconsistent), as identities/<identity_id>/<index>.jpg (torchvision ImageFolder) and as webdataset "
         "shards with integer labels (cls); counts before and after each filter. Export it with "
         "`facelake hyperface export --variant V --to DIR|s3://...`.",
     )
-    def _dataset(
-        context: AssetExecutionContext, config: CommitConfig, storage: StorageResource
-    ) -> MaterializeResult:
-        lake, name = storage.get(), _variant(settings, context)
+    def _dataset(step: VariantStep) -> MaterializeResult:
+        lake, name = step.lake, step.variant
         result = commit_dataset(
             dataset_artifact(lake, name),
             aligned_artifact(lake, name),
             audit_artifact(lake, name),
             leakage_artifact(lake, name),
             options,
-            code_version=version,
-            owner=owner(context),
-            force=config.force,
-            log=context.log.info,
+            **step.commit_options(),
         )
         check = failing_check(NOT_EMPTY_CHECK, not result.empty, result.outcome.manifest.extra.get("counts"))
-        return _report(context, result, dataset_artifact(lake, name), [check])
+        return _report(step.context, result, dataset_artifact(lake, name), [check])
 
     return _dataset
 
 
-hyperface_curation_job = define_asset_job(
+hyperface_curation_job = gpu_job(
     "hyperface_curation_job",
-    selection=AssetSelection.assets(ALIGNED, AUDIT, LEAKAGE, DATASET),
-    tags=GPU_RUN_TAGS,
-    description="HyperFace's last mile for one variant (partition key = variant): align the generated faces, "
+    [ALIGNED, AUDIT, LEAKAGE, DATASET],
+    "HyperFace's last mile for one variant (partition key = variant): align the generated faces, "
     "audit identity consistency and leakage, write the cleaned dataset. Materialize hyperface_images first.",
 )

@@ -10,50 +10,36 @@ later be split over GPUs without renaming anything. Images per identity, beta an
 
 # No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
 
-from dagster import (
-    AssetCheckResult,
-    AssetCheckSpec,
-    AssetExecutionContext,
-    AssetKey,
-    AssetsDefinition,
-    AssetSelection,
-    Failure,
-    MaterializeResult,
-    MetadataValue,
-    define_asset_job,
-)
+import dagster as dg
 
-from assets.materializing import CommitConfig, code_version, failing_check, materialize_result, owner
-from assets.pools import GPU_RUN_TAGS, gpu_asset
+from assets.areas import gpu_job
+from assets.hyperface_variants import VariantStep, check_spec, variant_asset
+from assets.materializing import code_version, failing_check, materialize_result
+from assets.pools import gpu_asset
 from facelake.generation.stage import GenerationResult
 from facelake.generation.variant import generate_variant_images, images_artifact, missing_generator
-from facelake.lake.errors import UnknownPartitionError
 from facelake.lake.plots import png_markdown
 from facelake.settings import FacelakeSettings
-from resources import StorageResource
-from resources.models import ModelRegistryResource
 
 IMAGES = "hyperface_images"
 COUNT_CHECK = "every_identity_has_its_images"
 
 
-def images_asset(settings: FacelakeSettings, group: str, reference: str, variants) -> AssetsDefinition:
+def images_asset(settings: FacelakeSettings, reference: str) -> dg.AssetsDefinition:
     """``hyperface_images``: partitioned like ``reference`` (one key per variant), on the GPU pool."""
     version = code_version("1", {"generation": settings.generation.model_dump()})
 
-    @gpu_asset(
-        name=IMAGES,
-        group_name=group,
-        partitions_def=variants,
-        deps=[AssetKey(reference)],
-        code_version=version,
+    @variant_asset(
+        gpu_asset,
+        settings,
+        IMAGES,
+        [reference],
+        version,
+        resources=("models",),
         kinds={"pytorch", "webdataset"},
         check_specs=[
-            AssetCheckSpec(
-                COUNT_CHECK,
-                asset=IMAGES,
-                blocking=True,
-                description="Committed images = identities x images_per_identity of the variant.",
+            check_spec(
+                IMAGES, COUNT_CHECK, "Committed images = identities x images_per_identity of the variant."
             )
         ],
         description="HyperFace images of one variant: images_per_identity faces per packed identity from "
@@ -62,38 +48,20 @@ def images_asset(settings: FacelakeSettings, group: str, reference: str, variant
         "parquet index per shard, committed per shard and resumable; images/s and a contact sheet in the "
         "metadata. Needs the Arc2Face weights (`facelake models`).",
     )
-    def _images(
-        context: AssetExecutionContext,
-        config: CommitConfig,
-        storage: StorageResource,
-        models: ModelRegistryResource,
-    ) -> MaterializeResult:
-        lake, name = storage.get(), context.partition_key
-        if name not in settings.hyperface.variants:
-            raise UnknownPartitionError(
-                name, f"a variant of hyperface.variants: {sorted(settings.hyperface.variants)}"
-            )
+    def _images(step: VariantStep) -> dg.MaterializeResult:
+        context, name = step.context, step.variant
         generation = settings.generation_for(name)
-        registry = models.registry()
+        registry = step.resource("models").registry()
         missing = missing_generator(registry, generation)
         if missing is not None:
-            raise Failure(description=f"hyperface_images[{name}]: no generator weights. {missing}")
-        result = generate_variant_images(
-            lake,
-            name,
-            registry,
-            generation,
-            code_version=version,
-            owner=owner(context),
-            force=config.force,
-            log=context.log.info,
-        )
+            raise dg.Failure(description=f"hyperface_images[{name}]: no generator weights. {missing}")
+        result = generate_variant_images(step.lake, name, registry, generation, **step.commit_options())
         if result.generator.get("random_init"):
             context.log.warning(result.metadata().get("warning", "random generator weights"))
         metadata = _images_metadata(result)
         return materialize_result(
             context,
-            images_artifact(lake, name),
+            images_artifact(step.lake, name),
             result.outcome,
             metadata,
             check_results=[_count_check(result)],
@@ -105,11 +73,11 @@ def images_asset(settings: FacelakeSettings, group: str, reference: str, variant
 def _images_metadata(result: GenerationResult) -> dict:
     metadata = {k: v for k, v in result.metadata().items() if v is not None}
     if result.contact_sheet:
-        metadata["contact_sheet"] = MetadataValue.md(png_markdown(result.contact_sheet, "contact sheet"))
+        metadata["contact_sheet"] = dg.MetadataValue.md(png_markdown(result.contact_sheet, "contact sheet"))
     return metadata
 
 
-def _count_check(result: GenerationResult) -> AssetCheckResult:
+def _count_check(result: GenerationResult) -> dg.AssetCheckResult:
     extra = result.outcome.manifest.extra
     expected = int(extra.get("identities", 0)) * int(extra.get("images_per_identity", 0))
     images = int(result.outcome.manifest.rows or 0)
@@ -118,11 +86,10 @@ def _count_check(result: GenerationResult) -> AssetCheckResult:
     )
 
 
-hyperface_images_job = define_asset_job(
+hyperface_images_job = gpu_job(
     "hyperface_images_job",
-    selection=AssetSelection.assets(IMAGES),
-    tags=GPU_RUN_TAGS,
-    description="HyperFace images of one variant (partition key = variant name; GPU step: pool 'gpu', celery "
+    [IMAGES],
+    "HyperFace images of one variant (partition key = variant name; GPU step: pool 'gpu', celery "
     "queue 'gpu', run tag facelake/resource=gpu). Materialize hyperface_reference_embeddings first and "
     "configure the Arc2Face weights (`facelake models`).",
 )

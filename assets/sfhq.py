@@ -31,7 +31,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -41,16 +41,19 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetKey,
-    AssetSelection,
     Definitions,
     MetadataValue,
     StaticPartitionsDefinition,
-    define_asset_job,
 )
 
-from assets.areas import area_definitions
+from assets.areas import area_definitions, asset_job
 from assets.clip import clip_embeddings_asset
-from assets.faces.stages import stage_metadata
+from assets.faces.stages import (
+    embedder_config,
+    primary_face_extra,
+    primary_face_metadata,
+    primary_face_models,
+)
 from assets.materializing import Commit, Plan, Step, code_version, committed_asset
 from assets.pools import cpu_asset, gpu_asset
 from facelake.clip.dedup import near_duplicates
@@ -81,7 +84,6 @@ from facelake.lake.hashing import combine_hashes
 from facelake.lake.progress import Progress
 from facelake.lake.storage import Storage
 from facelake.lake.tables import read_parquet
-from facelake.models.registry import detector_model
 from facelake.settings import FacelakeSettings
 from facelake.sfhq import artifacts as sfhq
 from facelake.sfhq.catalog import PAIRS_FILE
@@ -124,6 +126,17 @@ LAYOUT_ROWS = 100_000
 TOP_PAIRS = 10
 SHARD_IMAGES = 10_000
 """Images per input shard of ``sfhq_clip_embeddings`` (its unit of commit and resume)."""
+
+FEATURES_SETTINGS = {
+    "feature_key",
+    "feature_model",
+    "feature_pretrained",
+    "near_duplicate_threshold",
+    "image_size",
+}
+"""The sfhq settings the shipped features' layout depends on (with :data:`LAYOUT_ROWS`)."""
+REPORT_SETTINGS = {"report_sample", "report_measure", "report_seed", "probe_k", "landmark_index"}
+"""The sfhq settings the report depends on (with the probe prompts)."""
 
 sfhq_parts = StaticPartitionsDefinition(list(PARTS))
 """SFHQ's parts ``1`` .. ``4``."""
@@ -216,29 +229,33 @@ def part_stage(
     pool: Callable,
     version: str,
     name: str,
-    description: str,
     *,
     problems_of: str | None = None,
     deps: Sequence[str] = (INDEX_ASSET,),
     checks: Sequence[AssetCheckSpec] = (),
     kinds: set[str] | None = None,
     **options: Any,
-) -> Callable:
+) -> Callable[[Callable[[Step], Plan]], Any]:
     """``committed_asset`` for one stage of an SFHQ part: partitioned by part, in the SFHQ group, after
-    ``deps``, with the ``no_problems`` check over ``problems_of`` (what a problem row is about) and ``checks``."""
+    ``deps``, with the ``no_problems`` check over ``problems_of`` (what a problem row is about) and ``checks``;
+    the asset's description is the stage function's docstring (its lines joined into one)."""
     specs = [problems_spec(name, problems_of)] if problems_of else []
-    return committed_asset(
-        pool,
-        version=version,
-        name=name,
-        group_name=GROUP,
-        partitions_def=sfhq_parts,
-        deps=list(deps),
-        check_specs=[*specs, *checks],
-        kinds=kinds or {"parquet"},
-        description=description,
-        **options,
-    )
+
+    def wrap(plan: Callable[[Step], Plan]) -> Any:
+        return committed_asset(
+            pool,
+            version=version,
+            name=name,
+            group_name=GROUP,
+            partitions_def=sfhq_parts,
+            deps=list(deps),
+            check_specs=[*specs, *checks],
+            kinds=kinds or {"parquet"},
+            description=" ".join((plan.__doc__ or "").split()),
+            **options,
+        )(plan)
+
+    return wrap
 
 
 def read_chunked(
@@ -256,24 +273,54 @@ def read_chunked(
     return tables, concat_problems(problems)
 
 
+class StageInput(NamedTuple):
+    """What a stage of an SFHQ part reads: the committed scan, the file names it processes, and the run config
+    (the stage's ``config`` plus the committed index's content hash)."""
+
+    scan: PartScan
+    names: list[str]
+    run_config: dict[str, Any]
+
+
+def stage_input(
+    settings: FacelakeSettings, step: Step, config: dict[str, Any], *modalities: str
+) -> StageInput:
+    """The part as ``sfhq_index`` committed it, the names with an image and every one of ``modalities``, and
+    the run config."""
+    scan, index_manifest = committed_scan(settings, step.lake, step.part)
+    return StageInput(scan, scan.names(*modalities), {**config, "index": index_manifest.content_hash})
+
+
+def stage_plan(
+    step: Step,
+    artifact: str,
+    run_config: dict[str, Any],
+    write: Callable[[Attempt], Written],
+    report: Callable[[Manifest], dict[str, Any]],
+    checks: Callable[[Manifest], list[AssetCheckResult]] | None = None,
+) -> Plan:
+    """Commit the SFHQ ``artifact`` of the step's part; the checks default to its ``no_problems`` check."""
+    lake, part = step.lake, step.part
+
+    def no_problems(manifest: Manifest) -> list[AssetCheckResult]:
+        return [problems_check(lake, artifact, part, manifest)]
+
+    commit = Commit(sfhq.artifact(lake, artifact, part), run_config, write, step.config.force)
+    return Plan(commit, report, checks or no_problems)
+
+
 # --- the assets ------------------------------------------------------------------------------------------
 
 
 def index_asset(settings: FacelakeSettings) -> Any:
     version = code_version("1", {"part_uri_template": settings.sfhq.part_uri_template})
 
-    @part_stage(
-        cpu_asset,
-        version,
-        INDEX_ASSET,
-        problems_of="source file",
-        deps=(),
-        description="The SFHQ part's folder (sfhq.part_uri_template under {sources}; local or s3://) listed "
-        "once: index.parquet (one row per name seen in images/, landmarks/, segmentations/, "
-        "pretrained_features/, a flag per modality) and problems.parquet (every image missing a landmark, map or "
-        "feature file, every file without an image, every file of another extension, by name).",
-    )
+    @part_stage(cpu_asset, version, INDEX_ASSET, problems_of="source file", deps=())
     def sfhq_index(step: Step) -> Plan:
+        """The SFHQ part's folder (sfhq.part_uri_template under {sources}; local or s3://) listed once:
+        index.parquet (one row per name seen in images/, landmarks/, segmentations/, pretrained_features/, a
+        flag per modality) and problems.parquet (every image missing a landmark, map or feature file, every
+        file without an image, every file of another extension, by name)."""
         part = step.part
         source = part_source(settings, part)
         step.context.log.info(f"listing SFHQ part {part} at {source.folder}")
@@ -293,11 +340,7 @@ def index_asset(settings: FacelakeSettings) -> Any:
             text = describe(PartScan(source, index, problems))
             return {"source": extra["folder"], **extra["counts"], "validation": _text(text)}
 
-        return Plan(
-            Commit(sfhq.artifact(step.lake, sfhq.INDEX, part), run_config, write, step.config.force),
-            report,
-            lambda manifest: [problems_check(step.lake, sfhq.INDEX, part, manifest)],
-        )
+        return stage_plan(step, sfhq.INDEX, run_config, write, report)
 
     return sfhq_index
 
@@ -316,23 +359,15 @@ def landmarks_asset(settings: FacelakeSettings) -> Any:
     }
     version = code_version("1", config)
 
-    @part_stage(
-        cpu_asset,
-        version,
-        LANDMARKS_ASSET,
-        problems_of="landmarks file",
-        description="landmarks.parquet: per image with a landmarks file, the 110 points (fixed-size list, "
-        "as stored), face box, validity (finite, inside the image; invalid rows kept and reported), eye "
-        "centres, inter-ocular distance and roll from the DECLARED, ASSUMED landmark index table "
-        "(sfhq.landmark_index: the order of SFHQ's 110 points is undocumented). Unreadable or malformed files "
-        "and invalid rows are problems.",
-    )
+    @part_stage(cpu_asset, version, LANDMARKS_ASSET, problems_of="landmarks file")
     def sfhq_landmarks(step: Step) -> Plan:
-        part, lake = step.part, step.lake
-        scan, index_manifest = committed_scan(settings, lake, part)
-        names = scan.names(LANDMARKS)
-        run_config = {**config, "index": index_manifest.content_hash}
-        index = settings.sfhq.landmark_index
+        """landmarks.parquet: per image with a landmarks file, the 110 points (fixed-size list, as stored),
+        face box, validity (finite, inside the image; invalid rows kept and reported), eye centres,
+        inter-ocular distance and roll from the DECLARED, ASSUMED landmark index table (sfhq.landmark_index:
+        the order of SFHQ's 110 points is undocumented). Unreadable or malformed files and invalid rows are
+        problems."""
+        part, index = step.part, settings.sfhq.landmark_index
+        scan, names, run_config = stage_input(settings, step, config, LANDMARKS)
 
         def write(attempt: Attempt) -> Written:
             tables, problems = read_chunked(
@@ -370,11 +405,7 @@ def landmarks_asset(settings: FacelakeSettings) -> Any:
                 metadata["assumption"] = index.note
             return metadata
 
-        return Plan(
-            Commit(sfhq.artifact(lake, sfhq.LANDMARKS, part), run_config, write, step.config.force),
-            report,
-            lambda manifest: [problems_check(lake, sfhq.LANDMARKS, part, manifest)],
-        )
+        return stage_plan(step, sfhq.LANDMARKS, run_config, write, report)
 
     return sfhq_landmarks
 
@@ -389,22 +420,15 @@ def segmentations_asset(settings: FacelakeSettings) -> Any:
     config = {"image_size": settings.sfhq.image_size}
     version = code_version("1", config)
 
-    @part_stage(
-        cpu_asset,
-        version,
-        SEGMENTATIONS_ASSET,
-        problems_of="segmentation map",
-        description="segmentations.parquet: per usable 19-class parsing map, the area fraction of every class, "
-        "face / hair / background fractions, eye centroids of classes 4 and 5 with inter-ocular distance and "
-        "roll, and the hairline (class 17 over the skin, class 1) in the skin centre column with its height and "
-        "coverage. A map that does not decode, is not mode L, has another size or holds a label outside 0-18 is "
-        "a problem (e.g. 'labels outside 0-18: 25 (4096 px)').",
-    )
+    @part_stage(cpu_asset, version, SEGMENTATIONS_ASSET, problems_of="segmentation map")
     def sfhq_segmentations(step: Step) -> Plan:
-        part, lake = step.part, step.lake
-        scan, index_manifest = committed_scan(settings, lake, part)
-        names = scan.names(SEGMENTATIONS)
-        run_config = {**config, "index": index_manifest.content_hash}
+        """segmentations.parquet: per usable 19-class parsing map, the area fraction of every class, face /
+        hair / background fractions, eye centroids of classes 4 and 5 with inter-ocular distance and roll, and
+        the hairline (class 17 over the skin, class 1) in the skin centre column with its height and coverage.
+        A map that does not decode, is not mode L, has another size or holds a label outside 0-18 is a problem
+        (e.g. 'labels outside 0-18: 25 (4096 px)')."""
+        part = step.part
+        scan, names, run_config = stage_input(settings, step, config, SEGMENTATIONS)
 
         def write(attempt: Attempt) -> Written:
             tables, problems = read_chunked(
@@ -436,11 +460,7 @@ def segmentations_asset(settings: FacelakeSettings) -> Any:
             extra.pop("problem_rows", None)
             return {"map_files": extra.pop("files"), **extra, "problems_by_kind": problems}
 
-        return Plan(
-            Commit(sfhq.artifact(lake, sfhq.SEGMENTATIONS, part), run_config, write, step.config.force),
-            report,
-            lambda manifest: [problems_check(lake, sfhq.SEGMENTATIONS, part, manifest)],
-        )
+        return stage_plan(step, sfhq.SEGMENTATIONS, run_config, write, report)
 
     return sfhq_segmentations
 
@@ -537,14 +557,7 @@ def pairs_table(result: Any, data: ClipEmbeddings) -> pa.Table:
 
 def clip_features_asset(settings: FacelakeSettings) -> Any:
     options = settings.sfhq
-    config = {
-        "feature_key": options.feature_key,
-        "feature_model": options.feature_model,
-        "feature_pretrained": options.feature_pretrained,
-        "near_duplicate_threshold": options.near_duplicate_threshold,
-        "image_size": options.image_size,
-        "layout_rows": LAYOUT_ROWS,
-    }
+    config = {**options.model_dump(include=FEATURES_SETTINGS), "layout_rows": LAYOUT_ROWS}
     version = code_version("1", config)
 
     @part_stage(
@@ -561,29 +574,23 @@ def clip_features_asset(settings: FacelakeSettings) -> Any:
             ),
         ],
         kinds={"parquet"},
-        description="The shipped pretrained_features pickles (sfhq.feature_key, default CLIP_ViTL_14@336) read "
-        "through the restricted unpickler (numpy arrays, dicts, lists, scalars only: a malicious pickle is "
-        "refused and nothing in it runs), in the CLIP stage's clip-retrieval layout (img_emb/img_emb_<i>.npy "
-        "float16 unit rows + metadata/metadata_<i>.parquet) with the key mapped to its embedding space (the "
-        "CLIP stage's foreign-label table: CLIP_ViTL_14@336 = open_clip ViT-L-14-336-quickgelu / openai; the "
-        "weights are hashed when here, else the space is declared and marked unverified); "
-        "near_duplicate_pairs.parquet: every pair above the claim's threshold. `facelake search --asset "
-        "sfhq_clip_features --part N` searches it with that space's text encoder.",
     )
     def sfhq_clip_features(step: Step) -> Plan:
+        """The shipped pretrained_features pickles (sfhq.feature_key, default CLIP_ViTL_14@336) read through
+        the restricted unpickler (numpy arrays, dicts, lists, scalars only: a malicious pickle is refused and
+        nothing in it runs), in the CLIP stage's clip-retrieval layout (img_emb/img_emb_<i>.npy float16 unit
+        rows + metadata/metadata_<i>.parquet) with the key mapped to its embedding space (the CLIP stage's
+        foreign-label table: CLIP_ViTL_14@336 = open_clip ViT-L-14-336-quickgelu / openai; the weights are
+        hashed when here, else the space is declared and marked unverified); near_duplicate_pairs.parquet:
+        every pair above the claim's threshold. `facelake search --asset sfhq_clip_features --part N` searches
+        it with that space's text encoder."""
         part, lake, log = step.part, step.lake, step.context.log
-        scan, index_manifest = committed_scan(settings, lake, part)
-        names = scan.names(FEATURES)
         from facelake.clip.foreign import feature_spec
 
+        scan, names, run_config = stage_input(settings, step, config, FEATURES)
         spec = feature_spec(options.feature_key, options.feature_model, options.feature_pretrained)
         here, why = weights_here(spec)
-        run_config = {
-            **config,
-            "index": index_manifest.content_hash,
-            "weights_here": here,
-            "spec": spec.describe(),
-        }
+        run_config = {**run_config, "weights_here": here, "spec": spec.describe()}
 
         def write(attempt: Attempt) -> Written:
             features = read_features(scan, names, options.feature_key, options.threads, log.info)
@@ -672,11 +679,7 @@ def clip_features_asset(settings: FacelakeSettings) -> Any:
 
         if not here:
             log.info(f"{options.feature_key}: {why}; the features' space will be declared, not verified")
-        return Plan(
-            Commit(sfhq.artifact(lake, sfhq.CLIP_FEATURES, part), run_config, write, step.config.force),
-            report,
-            checks,
-        )
+        return stage_plan(step, sfhq.CLIP_FEATURES, run_config, write, report, checks)
 
     return sfhq_clip_features
 
@@ -691,15 +694,7 @@ def _advancing(batches: Iterable[NamedImages], progress: Progress) -> Iterator[N
 
 
 def face_embeddings_asset(settings: FacelakeSettings) -> Any:
-    models = settings.models
-    config = {
-        "embedder": models.embedder,
-        "backbone": models.detector_backbone,
-        "max_side": models.detector_max_side,
-        "threshold": models.detector_threshold,
-        "paths": models.paths,
-    }
-    version = code_version("1", config)
+    version = code_version("1", embedder_config(settings.models))
 
     @part_stage(
         gpu_asset,
@@ -708,26 +703,18 @@ def face_embeddings_asset(settings: FacelakeSettings) -> Any:
         problems_of="image",
         resources=("models",),
         kinds={"pytorch", "parquet"},
-        description="Identity embeddings (L2-normalised, with the embedder's provenance) of the largest face of "
-        "every SFHQ image of the part (the registry's RetinaFace detector and identity embedder): "
-        "embeddings.parquet (name, face_box, face_score, faces_detected, embedding), no_face.parquet (images "
-        "without a face), problems.parquet (undecodable images). A HyperFace gallery source "
-        "(hyperface.gallery.source: sfhq_face_embeddings).",
     )
     def sfhq_face_embeddings(step: Step) -> Plan:
-        part, lake, log = step.part, step.lake, step.context.log
-        scan, index_manifest = committed_scan(settings, lake, part)
-        names = scan.names()
-        registry = step.resource("models")
-        detector, embedder = registry.detector(), registry.identity_embedder()
-        weights = registry.describe(detector_model(registry.detector_backbone))
+        """Identity embeddings (L2-normalised, with the embedder's provenance) of the largest face of every
+        SFHQ image of the part (the registry's RetinaFace detector and identity embedder): embeddings.parquet
+        (name, face_box, face_score, faces_detected, embedding), no_face.parquet (images without a face),
+        problems.parquet (undecodable images). A HyperFace gallery source (hyperface.gallery.source:
+        sfhq_face_embeddings)."""
+        part, log = step.part, step.context.log
+        scan, names, index = stage_input(settings, step, {})
+        detector, embedder, identity = primary_face_models(step.resource("models"))
         profile = embedder.profile
-        run_config = {
-            **detector.config(),
-            "detector_weights_sha256": weights["sha256"],
-            **profile.provenance(),
-            "index": index_manifest.content_hash,
-        }
+        run_config = {**identity, **index}
         progress = Progress(f"faces sfhq[{part}]", len(names), log.info, unit="images")
         counter = StageCounter()
         log.info(f"{detector.name} on {detector.device}; embedder {profile.describe()}; {len(names)} images")
@@ -750,12 +737,7 @@ def face_embeddings_asset(settings: FacelakeSettings) -> Any:
                 no_face_schema=NO_FACE_SCHEMA,
             )
             progress.finish()
-            extra = {
-                "images": len(names),
-                "faces_embedded": result.embeddings.num_rows,
-                "images_without_face": result.no_face.num_rows,
-                "embedder": profile.provenance(),
-            }
+            extra = primary_face_extra(len(names), result, profile)
             tables = {
                 sfhq.EMBEDDINGS_FILE: result.embeddings,
                 sfhq.NO_FACE_FILE: result.no_face,
@@ -764,26 +746,10 @@ def face_embeddings_asset(settings: FacelakeSettings) -> Any:
             return write_tables_extra(attempt, tables, extra, rows_from=sfhq.EMBEDDINGS_FILE)
 
         def report(manifest: Manifest) -> dict[str, Any]:
-            extra = manifest.extra
-            return stage_metadata(
-                counter,
-                {
-                    "detector": detector.name,
-                    "device": str(detector.device),
-                    "embedder": profile.describe(),
-                    "random_init": profile.random_init,
-                    "images": extra["images"],
-                    "faces_embedded": extra["faces_embedded"],
-                    "images_without_face": extra["images_without_face"],
-                    "problems_by_kind": extra.get("problems", {}),
-                },
-            )
+            metadata = primary_face_metadata(counter, detector, profile, manifest.extra)
+            return {**metadata, "problems_by_kind": manifest.extra.get("problems", {})}
 
-        return Plan(
-            Commit(sfhq.artifact(lake, sfhq.FACE_EMBEDDINGS, part), run_config, write, step.config.force),
-            report,
-            lambda manifest: [problems_check(lake, sfhq.FACE_EMBEDDINGS, part, manifest)],
-        )
+        return stage_plan(step, sfhq.FACE_EMBEDDINGS, run_config, write, report)
 
     return sfhq_face_embeddings
 
@@ -862,14 +828,7 @@ def text_search_section(
 
 def report_asset(settings: FacelakeSettings) -> Any:
     options = settings.sfhq
-    config = {
-        "report_sample": options.report_sample,
-        "report_measure": options.report_measure,
-        "report_seed": options.report_seed,
-        "probe_prompts": list(options.probe_prompts),
-        "probe_k": options.probe_k,
-        "landmark_index": options.landmark_index.model_dump(),
-    }
+    config = {**options.model_dump(include=REPORT_SETTINGS), "probe_prompts": list(options.probe_prompts)}
     version = code_version("1", config)
 
     @part_stage(
@@ -878,13 +837,13 @@ def report_asset(settings: FacelakeSettings) -> Any:
         REPORT_ASSET,
         deps=(INDEX_ASSET, LANDMARKS_ASSET, SEGMENTATIONS_ASSET, FEATURES_ASSET),
         kinds={"html"},
-        description="The exploratory analysis of the part: counts and every problem, the mean landmark layout "
-        "(ASSUMED order), class-area distributions, derived measures, hairline coverage, example images per "
-        "quantile of sfhq.report_measure, and the top text-search hits of sfhq.probe_prompts when the features' "
-        "text encoder is here (else a line saying why not): plots in the metadata, and report.html (one "
-        "self-contained file, plots embedded) plus each plot as PNG beside it.",
     )
     def sfhq_report(step: Step) -> Plan:
+        """The exploratory analysis of the part: counts and every problem, the mean landmark layout (ASSUMED
+        order), class-area distributions, derived measures, hairline coverage, example images per quantile of
+        sfhq.report_measure, and the top text-search hits of sfhq.probe_prompts when the features' text
+        encoder is here (else a line saying why not): plots in the metadata, and report.html (one
+        self-contained file, plots embedded) plus each plot as PNG beside it."""
         part, lake, log = step.part, step.lake, step.context.log
         scan, index_manifest = committed_scan(settings, lake, part)
         landmarks, landmarks_manifest = committed_table(lake, sfhq.LANDMARKS, part, sfhq.LANDMARKS_FILE)
@@ -1032,14 +991,14 @@ def sfhq_assets(settings: FacelakeSettings) -> list:
     ]
 
 
-sfhq_part_job = define_asset_job(
+sfhq_part_job = asset_job(
     "sfhq_part_job",
-    selection=AssetSelection.assets(*(AssetKey(name) for name in SFHQ_ASSETS)),
+    [AssetKey(name) for name in SFHQ_ASSETS],
+    "One SFHQ part end to end: the validated index, landmarks, segmentation statistics, the shipped CLIP "
+    "features (restricted unpickling, clip-retrieval layout, the near-duplicate claim), the largest face's "
+    "identity embedding per image (GPU step) and the exploratory report; every stage's no_problems check fails "
+    "on any file it could not use.",
     partitions_def=sfhq_parts,
-    description="One SFHQ part end to end: the validated index, landmarks, segmentation statistics, the shipped "
-    "CLIP features (restricted unpickling, clip-retrieval layout, the near-duplicate claim), the largest "
-    "face's identity embedding per image (GPU step) and the exploratory report; every stage's no_problems "
-    "check fails on any file it could not use.",
 )
 
 

@@ -7,21 +7,19 @@ from dagster import (
     AutomationConditionSensorDefinition,
     DefaultSensorStatus,
     Definitions,
-    define_asset_job,
 )
 
-from assets.areas import area_definitions
+from assets.areas import area_definitions, gpu_job
 from assets.faces.laion import faces_follow_images, laion_face_model_assets
 from assets.pools import GPU_RUN_TAGS
 from facelake.settings import FacelakeSettings
 
 LAION_FACE_MODEL_ASSETS = [AssetKey("laion_face_detected"), AssetKey("laion_face_embeddings")]
 
-laion_face_faces_job = define_asset_job(
+laion_face_faces_job = gpu_job(
     "laion_face_faces_job",
-    selection=AssetSelection.assets(*LAION_FACE_MODEL_ASSETS),
-    tags=GPU_RUN_TAGS,  # definition and run tags: every launch path (UI, schedule, backfill) tags runs
-    description="Our own RetinaFace detections and identity embeddings of one downloaded part (GPU steps: "
+    LAION_FACE_MODEL_ASSETS,
+    "Our own RetinaFace detections and identity embeddings of one downloaded part (GPU steps: "
     "pool 'gpu', celery queue 'gpu'), with the agreement check against the released detections.",
 )
 

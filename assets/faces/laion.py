@@ -5,7 +5,13 @@ identity embeddings of every detected face and their identity clusters (the fact
 from dagster import AssetsDefinition, AutomationCondition
 
 from assets.clusters import identity_clusters_asset
-from assets.faces.stages import detected_faces_asset, detections_agreement_check, face_embeddings_asset
+from assets.faces.stages import (
+    detected_faces_asset,
+    detections_agreement_check,
+    detector_config,
+    embedder_config,
+    face_embeddings_asset,
+)
 from assets.partitions import laion_parts
 from facelake.laion import artifacts
 from facelake.settings import FacelakeSettings
@@ -29,21 +35,17 @@ def follow_upstream(assets_def: AssetsDefinition) -> AssetsDefinition:
 
 def laion_face_model_assets(settings: FacelakeSettings) -> list:
     """Detected faces, embeddings, the agreement check and identity clusters of the LAION-Face parts."""
-    models = settings.models
-    detector_version = {
-        "backbone": models.detector_backbone,
-        "max_side": models.detector_max_side,
-        "threshold": models.detector_threshold,
-        "paths": models.paths,
+    stage = {
+        "images": "laion_face_images",
+        "partitions_def": laion_parts,
+        "images_artifact": artifacts.images,
+        "group": GROUP,
     }
     detected = detected_faces_asset(
         name="laion_face_detected",
-        images="laion_face_images",
-        partitions_def=laion_parts,
-        images_artifact=artifacts.images,
         out_artifact=artifacts.detected,
-        group=GROUP,
-        detector_version=detector_version,
+        detector_version=detector_config(settings.models),
+        **stage,
     )
     check = detections_agreement_check(
         asset_name="laion_face_detected",
@@ -54,14 +56,11 @@ def laion_face_model_assets(settings: FacelakeSettings) -> list:
     )
     embeddings = face_embeddings_asset(
         name="laion_face_embeddings",
-        images="laion_face_images",
         detections="laion_face_detected",
-        partitions_def=laion_parts,
-        images_artifact=artifacts.images,
         detections_artifact=artifacts.detected,
         out_artifact=artifacts.embeddings,
-        group=GROUP,
-        embedder_version={"embedder": models.embedder, "paths": models.paths, **detector_version},
+        embedder_version=embedder_config(settings.models),
+        **stage,
     )
     clusters = identity_clusters_asset(
         name="laion_face_identity_clusters",

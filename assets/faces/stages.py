@@ -8,6 +8,8 @@ finished shards.
 
 # No "from __future__ import annotations" here: Dagster reads the asset functions' annotations at runtime.
 
+from typing import Any
+
 import numpy as np
 import pyarrow as pa
 from dagster import (
@@ -28,6 +30,7 @@ from facelake.lake.shard_stage import commit_shard_stage, read_stage_table
 from facelake.lake.tables import read_parquet
 from facelake.lake.webdataset_reader import ImageShard, part_image_shards
 from facelake.models.registry import detector_model
+from facelake.models.settings import ModelSettings
 from resources import StorageResource
 
 
@@ -50,6 +53,65 @@ def stage_metadata(counter: StageCounter, extra: dict) -> dict:
     }
 
 
+def detector_config(models: ModelSettings) -> dict[str, Any]:
+    """The model settings a detection depends on: part of a face stage's code version."""
+    return {
+        "backbone": models.detector_backbone,
+        "max_side": models.detector_max_side,
+        "threshold": models.detector_threshold,
+        "paths": models.paths,
+    }
+
+
+def embedder_config(models: ModelSettings) -> dict[str, Any]:
+    """The model settings an identity embedding of a detected face depends on."""
+    return {"embedder": models.embedder, **detector_config(models)}
+
+
+def primary_face_models(registry: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """The registry's detector and identity embedder for a primary-face stage, and what identifies their
+    output in its run config: the detector's config, its weights' sha256 and the embedder's provenance."""
+    detector, embedder = registry.detector(), registry.identity_embedder()
+    weights = registry.describe(detector_model(registry.detector_backbone))
+    identity = {
+        **detector.config(),
+        "detector_weights_sha256": weights["sha256"],
+        **embedder.profile.provenance(),
+    }
+    return detector, embedder, identity
+
+
+def primary_face_extra(images: int, result: Any, profile: Any) -> dict[str, Any]:
+    """A primary-face stage's manifest extra: images read, faces embedded, images without a face, and the
+    embedder's provenance (``result`` has the ``embeddings`` and ``no_face`` tables)."""
+    return {
+        "images": images,
+        "faces_embedded": result.embeddings.num_rows,
+        "images_without_face": result.no_face.num_rows,
+        "embedder": profile.provenance(),
+    }
+
+
+def primary_face_metadata(
+    counter: StageCounter, detector: Any, profile: Any, extra: dict, **more: Any
+) -> dict[str, Any]:
+    """A primary-face stage's metadata: throughput, the models, ``more`` and the counts of its manifest's
+    ``extra`` (:func:`primary_face_extra`)."""
+    return stage_metadata(
+        counter,
+        {
+            "detector": detector.name,
+            "device": str(detector.device),
+            "embedder": profile.describe(),
+            "random_init": profile.random_init,
+            **more,
+            "images": extra["images"],
+            "faces_embedded": extra["faces_embedded"],
+            "images_without_face": extra["images_without_face"],
+        },
+    )
+
+
 def _counter(step: Step, label: str, shards: dict[int, ImageShard]) -> StageCounter:
     """A stage counter whose progress (every 5 % or 30 s, in the run log) runs over all shards' images."""
     total = sum(len(shard.sample_ids) for shard in shards.values())
@@ -62,11 +124,11 @@ def _face_stage(
     """``@asset`` of a face stage: GPU pool and tags, the ``models`` resource, :class:`FaceStageConfig`."""
     return lake_asset(
         gpu_asset,
-        resources=("models",),
-        config_type=FaceStageConfig,
         name=name,
         group_name=group,
         partitions_def=partitions_def,
+        resources=("models",),
+        config_type=FaceStageConfig,
         deps=deps,
         code_version=version,
         description=description,

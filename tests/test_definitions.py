@@ -24,6 +24,11 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "laion_sample2detect",
         "hyperface_gallery",
         "hyperface_reference_embeddings",
+        "hyperface_images",
+        "hyperface_aligned",
+        "hyperface_identity_audit",
+        "hyperface_leakage",
+        "hyperface_dataset",
         "celebahq_images",
         "celebahq_face_embeddings",
         "celebahq_identity_clusters",
@@ -46,6 +51,8 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "laion_face_report_job",
         "laion_face_faces_job",
         "hyperface_reference_job",
+        "hyperface_images_job",
+        "hyperface_curation_job",
         "celebahq_identity_job",
         "sfhq_part_job",
         "laion_face_clip_job",
@@ -69,6 +76,10 @@ def test_module_level_defs_load_with_every_asset_job_and_schedule():
         "no_problems",
         "no_near_duplicates_above_claim",
         "no_kept_pair_above_threshold",
+        "every_identity_has_its_images",
+        "counts_add_up",
+        "identities_are_consistent",
+        "not_empty",
     }
 
 

@@ -10,6 +10,7 @@ import duckdb
 
 from facelake.celebahq.catalog import CELEBAHQ, CLUSTER_ID_FIELDS
 from facelake.clip.catalog import CLIP
+from facelake.clip.catalog import METADATA_SCHEMA as CLIP_METADATA_SCHEMA
 from facelake.clusters.catalog import identity_clusters_section
 from facelake.curation.catalog import CURATION
 from facelake.faces.stages import FACE_ID_FIELDS
@@ -20,7 +21,7 @@ from facelake.laion.formats import LAION_PARTS
 from facelake.lake import catalog as lake_catalog
 from facelake.lake.catalog import SQL_DIR_ENV, CommittedPartition, describe, query, sql_path
 from facelake.lake.storage import Storage
-from facelake.sfhq.catalog import SFHQ
+from facelake.sfhq.catalog import sfhq_section
 
 SECTIONS = (
     LAION_FACE,
@@ -30,7 +31,7 @@ SECTIONS = (
     hyperface_section(GENERATED_IMAGES_SCHEMA),
     CURATION,
     CLIP,
-    SFHQ,
+    sfhq_section(CLIP_METADATA_SCHEMA),
 )
 """Every section of the catalog, in view-creation order: each dataset's own, and the identity clusters' views
 over the datasets whose embeddings are clustered (LAION-Face parts, CelebA-HQ)."""

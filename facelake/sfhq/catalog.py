@@ -45,27 +45,12 @@ from facelake.sfhq.landmarks import LANDMARKS_SCHEMA
 from facelake.sfhq.layout import INDEX_SCHEMA, PROBLEMS_SCHEMA
 from facelake.sfhq.segmentation import SEGMENTATION_SCHEMA
 from facelake.sfhq.settings import PARTS
-from facelake.vectors.spaces import PROVENANCE_FIELDS
 
 PAIRS_FILE = "near_duplicate_pairs.parquet"
 """The pairs of images whose features exceed the near-duplicate threshold (in ``clip_features``)."""
 STAGES = (INDEX, LANDMARKS, SEGMENTATIONS, CLIP_FEATURES, FACE_EMBEDDINGS)
 """The artifacts that write a ``problems.parquet``."""
 
-FEATURES_METADATA_SCHEMA = pa.schema(
-    [
-        ("image_path", pa.string()),
-        ("caption", pa.string()),
-        ("url", pa.string()),
-        ("SAMPLE_ID", pa.int64()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        *PROVENANCE_FIELDS,
-        ("embedder_config", pa.string()),
-        ("name", pa.string()),
-    ]
-)
-"""clip-retrieval's ``metadata_<i>.parquet`` of the features (the CLIP stage's columns plus ``name``)."""
 PAIRS_SCHEMA = pa.schema(
     [
         ("name_a", pa.string()),
@@ -78,31 +63,33 @@ PAIRS_SCHEMA = pa.schema(
 FACE_EMBEDDINGS_SCHEMA = primary_embeddings_schema(NAME_COLUMN)
 
 
-SFHQ = CatalogSection(
-    DATASET,
-    "sfhq_views.sql",
-    (
-        ViewSource("index_source", INDEX, named_file(INDEX_FILE), INDEX_SCHEMA),
-        *(
-            ViewSource(f"{stage}_problems", stage, named_file(PROBLEMS_FILE), PROBLEMS_SCHEMA)
-            for stage in STAGES
+def sfhq_section(clip_metadata_schema: pa.Schema) -> CatalogSection:
+    """The SFHQ section; its shipped features' metadata view has the CLIP stage's ``clip_metadata_schema``
+    plus ``name`` while empty (the CLIP layout belongs to ``clip``, a layer above: the composition passes it)."""
+    return CatalogSection(
+        DATASET,
+        "sfhq_views.sql",
+        (
+            ViewSource("index_source", INDEX, named_file(INDEX_FILE), INDEX_SCHEMA),
+            *(
+                ViewSource(f"{stage}_problems", stage, named_file(PROBLEMS_FILE), PROBLEMS_SCHEMA)
+                for stage in STAGES
+            ),
+            ViewSource("landmarks_source", LANDMARKS, named_file(LANDMARKS_FILE), LANDMARKS_SCHEMA),
+            ViewSource(
+                "segmentations_source", SEGMENTATIONS, named_file(SEGMENTATIONS_FILE), SEGMENTATION_SCHEMA
+            ),
+            ViewSource(
+                "clip_features_source",
+                CLIP_FEATURES,
+                re.compile(r"metadata/metadata_[0-9]+\.parquet"),
+                clip_metadata_schema.append(pa.field("name", pa.string())),
+            ),
+            ViewSource("near_duplicates_source", CLIP_FEATURES, named_file(PAIRS_FILE), PAIRS_SCHEMA),
+            ViewSource(
+                "face_embeddings_source", FACE_EMBEDDINGS, named_file(EMBEDDINGS_FILE), FACE_EMBEDDINGS_SCHEMA
+            ),
+            ViewSource("no_face_source", FACE_EMBEDDINGS, named_file(NO_FACE_FILE), NO_FACE_SCHEMA),
         ),
-        ViewSource("landmarks_source", LANDMARKS, named_file(LANDMARKS_FILE), LANDMARKS_SCHEMA),
-        ViewSource(
-            "segmentations_source", SEGMENTATIONS, named_file(SEGMENTATIONS_FILE), SEGMENTATION_SCHEMA
-        ),
-        ViewSource(
-            "clip_features_source",
-            CLIP_FEATURES,
-            re.compile(r"metadata/metadata_[0-9]+\.parquet"),
-            FEATURES_METADATA_SCHEMA,
-        ),
-        ViewSource("near_duplicates_source", CLIP_FEATURES, named_file(PAIRS_FILE), PAIRS_SCHEMA),
-        ViewSource(
-            "face_embeddings_source", FACE_EMBEDDINGS, named_file(EMBEDDINGS_FILE), FACE_EMBEDDINGS_SCHEMA
-        ),
-        ViewSource("no_face_source", FACE_EMBEDDINGS, named_file(NO_FACE_FILE), NO_FACE_SCHEMA),
-    ),
-    PARTS,
-)
-"""The SFHQ section of the catalog (:mod:`facelake.catalog`)."""
+        PARTS,
+    )

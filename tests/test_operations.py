@@ -40,7 +40,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from dagster import AssetKey, DagsterRunStatus
+from dagster import AssetKey, AssetRecordsFilter, DagsterRunStatus
 from dagster._config import process_config
 from dagster._core.instance.config import dagster_instance_config_schema
 
@@ -418,7 +418,10 @@ def test_1_the_script_materializes_part_00000_through_graphql(deployment):
 @pytest.mark.services
 def test_2_part_faces_follow_its_images_by_automation(deployment):
     instance = deployment.instance
-    part_end = instance.get_run_record_by_id(STATE["part_run"]).end_time
+    images = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=AssetKey("laion_face_images"), asset_partitions=[PART]), limit=1
+    ).records[0]
+    assert images.run_id == STATE["part_run"]
 
     def automation_run():
         for record in run_records(instance, **{"dagster/partition": PART}):
@@ -428,7 +431,8 @@ def test_2_part_faces_follow_its_images_by_automation(deployment):
 
     record = wait_for(automation_run, 90, "the automation to request part 00000's detections and embeddings")
     run = record.dagster_run
-    assert record.create_timestamp.timestamp() >= part_end - 1
+    # requested once the images were materialized (which may be before the part run itself has ended)
+    assert record.create_timestamp.timestamp() >= images.timestamp
     assert run.tags[RESOURCE_TAG] == "gpu"
     assert run.tags.get("dagster/sensor_name") == "laion_face_models_automation"
     STATE["faces_run"] = run.run_id

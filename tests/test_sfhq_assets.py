@@ -17,7 +17,6 @@ import base64
 import json
 import os
 from dataclasses import dataclass
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +52,7 @@ from tests.cli_helpers import (
 )
 from tests.conftest import S3_KEY, S3_SECRET
 from tests.test_facelake_cli import clean_env, run_facelake
+from tests.test_sfhq_report import Collector
 
 pytestmark = pytest.mark.slow
 
@@ -387,35 +387,12 @@ def test_face_embeddings_are_the_largest_face_of_each_readable_image(local_world
     assert (meta["faces_embedded"], meta["images_without_face"], meta["images"]) == (17, 1, 19)
 
 
-class Sections(HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.images: list[str] = []
-        self.headings: list[str] = []
-        self.pre: list[str] = []
-        self._tag: str | None = None
-
-    def handle_starttag(self, tag, attrs):
-        self._tag = tag
-        if tag == "img":
-            self.images.append(dict(attrs)["src"])
-
-    def handle_data(self, data):
-        if self._tag == "h2":
-            self.headings.append(data)
-        elif self._tag == "pre":
-            self.pre.append(data)
-
-    def handle_endtag(self, tag):
-        self._tag = None
-
-
 REPORT_PLOTS = ["landmark_layout", "class_areas", "measures", "hairline", "quantile_examples", "text_search"]
 
 
-def read_report(lake: Storage) -> tuple[Sections, Manifest, PartitionArtifact]:
+def read_report(lake: Storage) -> tuple[Collector, Manifest, PartitionArtifact]:
     artifact, manifest, uri = committed(lake, sfhq.REPORT, sfhq.REPORT_FILE)
-    parser = Sections()
+    parser = Collector()
     parser.feed(lake.read_bytes(uri).decode())
     parser.close()
     return parser, manifest, artifact

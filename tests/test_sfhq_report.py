@@ -77,6 +77,8 @@ def test_quantile_examples_pick_the_nearest_names_once():
 
 
 class Collector(HTMLParser):
+    """The report's images (src), h2 headings and pre blocks, in order."""
+
     def __init__(self) -> None:
         super().__init__()
         self.images: list[str] = []
